@@ -1,0 +1,55 @@
+"""Entry point of the `kitseg` command. Each command lives in its own module and is registered here.
+
+Every command is a few lines that call library functions. A ``KitsegError`` becomes one line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kitseg import __version__
+from kitseg.cli import info
+from kitseg.errors import KitsegError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="kitseg", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Kidney and kidney-tumor segmentation in CT: the cascaded KiTS methods side by side."""
+
+
+# The explicit command registry. Add a command by writing its module and listing it here.
+COMMANDS = [
+    info.info,
+]
+for _cmd in COMMANDS:
+    cli.add_command(_cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (tests call this; the console script exits with it)."""
+    try:
+        rc = cli.main(args=argv, prog_name="kitseg", standalone_mode=False)
+    except KitsegError as exc:
+        print(f"kitseg: error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("kitseg: interrupted", file=sys.stderr)
+        return 130
+    return rc if isinstance(rc, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
