@@ -1,0 +1,221 @@
+"""The recipe schema: a paper's method as pure, validated data.
+
+A recipe is an ordered list of stages (a cascade). Each stage names its network, its inputs (CT,
+an earlier stage's mask or probability), what it learns to predict, its preprocessing, crop,
+patch and batch size, loss, optimizer, schedule, sampler, augmentation, inference scheme and
+post-processing. A recipe-level ``final`` step turns the stages' outputs into one label map.
+Every model forbids unknown keys, so a misspelt key is refused with its name.
+
+Citations live beside the values: ``citations`` maps a dotted key (``stages.0.optimizer.lr``)
+to the paper section it comes from; ``deviations`` maps a key to the reason we differ from the
+paper. ``docs/METHODS.md`` is generated from them (``kitseg recipes --markdown``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kitseg.preprocessing.spec import PreprocessSpec
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class NetworkSpec(_Strict):
+    """A network from ``kitseg.nets.NETWORKS`` and its constructor parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TargetSpec(_Strict):
+    """What a stage predicts, as output channels built from dataset labels.
+
+    ``kind="softmax"``: channel 0 is background and channel k (k >= 1) is the k-th entry of
+    ``classes`` (each entry lists the dataset labels that form it; they must not overlap).
+    ``kind="sigmoid"``: one independent channel per entry (regions may overlap, e.g. TuNet's
+    whole = {1, 2} and tumor = {2}).
+    """
+
+    kind: Literal["softmax", "sigmoid"] = "softmax"
+    classes: dict[str, list[int]]
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.classes) + (1 if self.kind == "softmax" else 0)
+
+
+class DeepSupervisionSpec(_Strict):
+    """Weights of the deep-supervision outputs, finest first.
+
+    ``weights="halving"`` is nnU-Net's 1, 1/2, 1/4, ... normalised; a list gives them explicitly.
+    ``decay`` and ``decay_every`` multiply the auxiliary weights every N epochs (the ResUNet
+    paper: mu = 0.33, times 0.8 every 15 epochs).
+    """
+
+    weights: Literal["halving"] | list[float] = "halving"
+    decay: float = 1.0
+    decay_every: int = 0
+
+
+class LossSpec(_Strict):
+    name: Literal["dice_ce", "dice", "ce", "weighted_ce", "focal_dice", "region_dice", "bce_dice"] = "dice_ce"
+    params: dict[str, Any] = Field(default_factory=dict)
+    deep_supervision: DeepSupervisionSpec | None = None
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleSpec(_Strict):
+    name: Literal["constant", "poly", "multistep", "plateau"] = "constant"
+    power: float = 0.9  # poly
+    milestones: list[int] = Field(default_factory=list)  # multistep (epochs)
+    gamma: float = 0.1  # multistep
+    factor: float = 0.2  # plateau
+    patience: int = 6  # plateau
+    early_stopping: int | None = None  # stop after this many epochs without validation improvement
+
+
+class SamplerSpec(_Strict):
+    """How training inputs are drawn from the cached cases."""
+
+    name: Literal["patch", "slices", "whole"] = "patch"
+    foreground_fraction: float = Field(0.33, ge=0, le=1)  # nnU-Net's 1/3
+    kidney_slice_oversampling: float = Field(1.0, ge=1)  # slices sampler: ResUNet paper x50
+    hard_case: bool = False  # draw cases with high loss / many false positives more often
+
+
+class AugmentSpec(_Strict):
+    rotate_deg: float = Field(0.0, ge=0)
+    flip_axes: list[int] = Field(default_factory=list)  # axes (0=z, 1=y, 2=x) flipped at random
+    translate_mm: float = Field(0.0, ge=0)
+    scale: tuple[float, float] | None = None
+    gaussian_blur: float = Field(0.0, ge=0, le=1)  # probability
+    histogram_equalization: float = Field(0.0, ge=0, le=1)  # probability
+    intensity_scale: float = Field(0.0, ge=0)  # +- relative
+    intensity_shift: float = Field(0.0, ge=0)  # +- in normalised units
+    probability: float = Field(0.2, ge=0, le=1)  # per spatial transform
+
+
+class InferenceSpec(_Strict):
+    mode: Literal["sliding_window", "majority_vote", "z_windows", "slices25d", "whole"] = "sliding_window"
+    overlap: float = Field(0.5, ge=0, lt=1)
+    gaussian: bool = True
+    window: int | None = None  # z_windows / majority_vote: slices per window
+    stride: int | None = None
+    keep: tuple[int, int] | None = None  # z_windows: slice range kept from each window
+    tta: bool = False  # mirroring test-time augmentation
+    batch_size: int = 1
+
+
+class PostStep(_Strict):
+    op: Literal["largest_components", "median", "tumor_in_kidney", "crf"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Stage(_Strict):
+    name: str
+    description: str = ""
+    network: NetworkSpec
+    inputs: list[str] = Field(default_factory=lambda: ["ct"])  # "ct", "mask:<stage>", "prob:<stage>"
+    target: TargetSpec
+    preprocess: PreprocessSpec
+    # The earlier stage whose foreground defines this stage's ROI (``preprocess.roi``: margin,
+    # per-kidney boxes, ...) at inference; in training the ground truth defines it.
+    roi_from: str | None = None
+    patch_size: list[int] | None = Field(None, min_length=2, max_length=3)  # None: whole volume
+    batch_size: int = Field(2, ge=1)
+    epochs: int = Field(100, ge=1)
+    iterations_per_epoch: int = Field(250, ge=1)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    augmentation: AugmentSpec = Field(default_factory=AugmentSpec)
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    postprocess: list[PostStep] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _inputs_known(self) -> Stage:
+        if (self.roi_from is None) != (self.preprocess.roi is None):
+            raise ValueError("a stage with preprocess.roi needs roi_from (the stage that locates the ROI), "
+                             "and roi_from needs preprocess.roi")
+        for item in self.inputs:
+            kind, _, ref = item.partition(":")
+            if kind not in ("ct", "mask", "prob", "masked_ct") or (kind in ("mask", "prob") and not ref):
+                raise ValueError(f"input {item!r}: use 'ct', 'masked_ct:<stage>', 'mask:<stage>' or 'prob:<stage>'")
+        return self
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.inputs)
+
+
+class FinalSpec(_Strict):
+    """How the stages' outputs become the final label map.
+
+    ``argmax``: the labels of ``stage`` (softmax classes mapped back to dataset labels).
+    ``merge``: kidney from ``kidney_stage``, tumor from ``tumor_stage`` (inside the kidney).
+    ``tunet_algorithm1``: TuNet's thresholds and region growing on ``whole_stage``/``tumor_stage``
+    sigmoid outputs, multiplied by ``mask_stage``.
+    """
+
+    op: Literal["argmax", "merge", "tunet_algorithm1"] = "argmax"
+    stage: str | None = None
+    kidney_stage: str | None = None
+    tumor_stage: str | None = None
+    whole_stage: str | None = None
+    mask_stage: str | None = None
+
+
+class Recipe(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    title: str
+    paper: str  # file name under ../shared/papers or a citation
+    description: str = ""
+    labels: Literal["kits19", "kits21", "kits23"] = "kits19"
+    stages: list[Stage] = Field(min_length=1)
+    final: FinalSpec = Field(default_factory=FinalSpec)
+    ensemble: int = Field(1, ge=1)  # models per stage (folds x repeats) averaged at inference
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # ablations: dotted overrides
+    tiny: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --tiny
+    citations: dict[str, str] = Field(default_factory=dict)
+    deviations: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Recipe:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        for i, s in enumerate(self.stages):
+            earlier = names[:i]
+            refs = [inp.partition(":")[2] for inp in s.inputs if ":" in inp]
+            if s.roi_from:
+                refs.append(s.roi_from)
+            for ref in refs:
+                if ref not in earlier:
+                    raise ValueError(f"stage {s.name!r} refers to {ref!r}, which is not an earlier stage")
+        f = self.final
+        for ref in (f.stage, f.kidney_stage, f.tumor_stage, f.whole_stage, f.mask_stage):
+            if ref is not None and ref not in names:
+                raise ValueError(f"final refers to unknown stage {ref!r}")
+        return self
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)

@@ -1,0 +1,72 @@
+"""Recipes are pure, validated data: loading, overrides, --tiny, variants, refusals that name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kitseg import KitsegError
+from kitseg.cli.main import main
+from kitseg.recipes import DEFAULT_RECIPE, apply_overrides, list_recipes, load_recipe, recipe_path
+from kitseg.recipes.tables import flatten
+
+
+def test_every_recipe_loads_plain_and_tiny():
+    names = list_recipes()
+    assert DEFAULT_RECIPE in names
+    for name in names:
+        r = load_recipe(name)
+        t = load_recipe(name, tiny=True)
+        assert [s.name for s in r.stages] == [s.name for s in t.stages]
+        for variant in r.variants:
+            load_recipe(name, variant=variant, tiny=True)
+
+
+def test_every_citation_and_deviation_names_a_real_key():
+    for name in list_recipes():
+        r = load_recipe(name)
+        keys = set(flatten(r.model_dump(mode="json")))
+        for key in list(r.citations) + list(r.deviations):
+            assert any(k == key or k.startswith(key + ".") for k in keys), f"{name}: {key} is not a recipe key"
+
+
+def test_overrides_by_stage_name_and_index():
+    r = load_recipe(DEFAULT_RECIPE, ["stages.segment.optimizer.lr=1e-4", "stages.0.batch_size=3"])
+    assert r.stage("segment").optimizer.lr == 1e-4
+    assert r.stages[0].batch_size == 3
+
+
+@pytest.mark.parametrize("override, key", [
+    ("stages.segment.optimizer.lrr=1", "stages.segment.optimizer.lrr: unknown key"),
+    ("stages.segment.optimizer.lr=-1", "stages.segment.optimizer.lr"),
+    ("stages.segment.batch_size=many", "stages.segment.batch_size"),
+    ("stages.segment.loss.name=magic", "stages.segment.loss.name"),
+    ("stages.nostage.epochs=1", "no stage or list item 'nostage'"),
+    ("stages.segment.inputs=[ct, 'mask:later']", "not an earlier stage"),
+])
+def test_bad_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(KitsegError, match=key.replace("[", r"\[")):
+        load_recipe(DEFAULT_RECIPE, [override])
+
+
+def test_bad_recipe_file_names_the_key(tmp_path):
+    data = yaml.safe_load(recipe_path(DEFAULT_RECIPE).read_text())
+    data = apply_overrides(data, {"stages.localize.preprocess.intensity.scheme": "zscore!"})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(KitsegError, match=r"bad.yaml: recipe key stages.localize.preprocess.intensity.scheme"):
+        load_recipe(path)
+    with pytest.raises(KitsegError, match="unknown recipe 'nope'"):
+        load_recipe("nope")
+
+
+def test_cli_recipes(capsys):
+    assert main(["recipes"]) == 0
+    assert DEFAULT_RECIPE in capsys.readouterr().out
+    assert main(["recipes", DEFAULT_RECIPE, "--tiny", "--set", "stages.segment.epochs=3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["stages"][1]["epochs"] == 3
+    assert main(["recipes", DEFAULT_RECIPE, "--set", "stages.segment.epochs=0"]) == 2
+    assert "stages.segment.epochs" in capsys.readouterr().err
+    assert main(["recipes", "--markdown"]) == 0
+    assert "| `stages.segment.patch_size` |" in capsys.readouterr().out
