@@ -1,0 +1,82 @@
+"""`kitseg train --recipe NAME --data DIR -o RUN_DIR`: train a recipe's stages on k-fold splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from kitseg.errors import KitsegError
+
+
+def _sets(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise KitsegError(f"--set {item!r} must look like key=value (e.g. stages.segment.optimizer.lr=1e-4)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@click.command()
+@click.option("--recipe", default="kitseg_cascade", show_default=True,
+              help="Recipe name or YAML file (see `kitseg recipes`).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+              help="Training data: KiTS layout (case_XXXXX/imaging + segmentation) or nnU-Net layout.")
+@click.option("-o", "--output", "run_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--fold", "--folds", "folds", default="0", show_default=True,
+              help="Fold to train: a number, a list (0,2) or 'all'.")
+@click.option("--stage", "stages", multiple=True, help="Train only this stage (repeatable). Default: all stages.")
+@click.option("--variant", help="A variant (ablation) of the recipe.")
+@click.option("--epochs", type=click.IntRange(1), help="Override every stage's number of epochs.")
+@click.option("--tiny", is_flag=True, help="Tiny networks and few epochs (the recipe's `tiny` section, else a "
+              "generic shrink): for a quick check on a CPU.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set stages.segment.optimizer.lr=1e-4 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoints.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits, sampling and weights.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+              help="Data-loading worker processes (0: in the main process) and preprocessing processes.")
+@click.option("--n-splits", type=click.IntRange(2), default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--until-epoch", type=click.IntRange(1), help="Stop after this epoch (continue later with --resume).")
+@click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or per-epoch lines.")
+def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[str, ...], variant: str | None,
+          epochs: int | None, tiny: bool, sets: tuple[str, ...], resume: bool, device: str, seed: int, workers: int,
+          n_splits: int, until_epoch: int | None, no_amp: bool, no_progress: bool) -> None:
+    """Train every stage of a recipe (or --stage) on one fold or all (--folds all).
+
+    Writes RUN_DIR/recipe.json, dataset.json, fingerprint.json, splits.json, cache/<stage>/ and
+    RUN_DIR/<stage>/fold_<k>/ with checkpoint_last.pt (every epoch), checkpoint_best.pt, log.csv,
+    curves.png and tensorboard/. Several GPUs or nodes: launch with torchrun, e.g.
+    `torchrun --nproc_per_node 4 -m kitseg.cli.main train ...` (see docs/TRAINING.md).
+    """
+    import torch
+
+    from kitseg.recipes import load_recipe
+    from kitseg.training.distributed import cleanup, init_distributed
+    from kitseg.training.loop import TrainOptions
+    from kitseg.training.run import generic_tiny, train_recipe
+
+    overrides = _sets(sets)
+    rec = load_recipe(recipe, overrides, tiny=tiny, variant=variant)
+    if tiny and not rec.tiny:
+        rec = load_recipe(recipe, {**generic_tiny(load_recipe(recipe, variant=variant)), **overrides}, variant=variant)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dist = init_distributed(device)
+    try:
+        options = TrainOptions(seed=seed, device=device, epochs=epochs, until_epoch=until_epoch, resume=resume,
+                               progress=not no_progress and dist.is_main, workers=workers, amp=not no_amp, dist=dist)
+        results = train_recipe(rec, data_dir, run_dir, folds=folds, stages=list(stages) or None, options=options,
+                               n_splits=n_splits, preprocess_workers=max(1, workers))
+    finally:
+        cleanup(dist)
+    if dist.is_main:
+        for r in results:
+            state = "finished" if r.finished else f"stopped after epoch {r.epochs_done}"
+            click.echo(f"{r.stage} fold {r.fold}: {state}; best smoothed Dice {r.best_ema_dice:.3f} (epoch "
+                       f"{r.best_epoch}); data/model time {r.data_model_ratio:.2f}; {r.out_dir}")

@@ -1,0 +1,192 @@
+"""Train a whole recipe: every stage of the cascade, on one fold, some folds or all of them.
+
+``train_recipe`` opens the dataset, writes the run folder's description (``recipe.json``,
+``dataset.json``, ``fingerprint.json``, ``splits.json``), preprocesses each stage's cases into
+``RUN_DIR/cache/<stage>`` (``kitseg.preprocessing``; stages with a ROI are cropped around the
+ground truth), and trains each stage on each fold with ``train_stage``. In training every stage
+gets its priors (``mask:<stage>`` inputs, ROI crops) from the ground truth, so the stages are
+independent and ``--stage`` trains one alone. Layout (CONTRACTS)::
+
+    RUN_DIR/recipe.json dataset.json fingerprint.json splits.json cache/<stage>/
+    RUN_DIR/<stage>/fold_<k>/checkpoint_last.pt checkpoint_best.pt log.csv curves.png tensorboard/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kitseg._atomic import write_json
+from kitseg.datasets import Dataset, open_dataset
+from kitseg.errors import KitsegError
+from kitseg.recipes.schema import Recipe, Stage
+from kitseg.training.checkpoint import fold_dir
+from kitseg.training.distributed import barrier, broadcast_object
+from kitseg.training.loop import StageResult, TrainOptions, train_stage
+from kitseg.training.sampling import TrainCase, make_train_case
+from kitseg.training.splits import Splits, ensure_splits, load_splits
+from kitseg.training.targets import foreground_labels
+
+
+def labelled_dataset(data_dir: str | Path) -> Dataset:
+    """The dataset's cases that have both an image and a label (the ones training can use)."""
+    ds = open_dataset(data_dir)
+    cases = tuple(c for c in ds.cases if c.image is not None and c.label is not None)
+    if len(cases) < 2:
+        raise KitsegError(f"training needs at least 2 cases with an image and a label; found {len(cases)} "
+                          f"(of {len(ds.cases)} cases)", ds.root)
+    return Dataset(ds.root, ds.spec, cases)
+
+
+def check_labels(recipe: Recipe, dataset: Dataset) -> None:
+    """Every label a stage learns must exist in the dataset (a KiTS23 recipe on KiTS19 data fails here)."""
+    known = dataset.spec.label_values
+    for s in recipe.stages:
+        missing = sorted(set(foreground_labels(s.target)) - known)
+        if missing:
+            raise KitsegError(f"stage {s.name!r} learns labels {missing}, which the dataset does not have "
+                              f"(its labels: {dataset.spec.labels})", dataset.root)
+
+
+def stage_seed(seed: int, fold: int, stage_index: int) -> int:
+    """A distinct, reproducible seed per (run seed, fold, stage)."""
+    return int(np.random.SeedSequence([seed, fold, stage_index]).generate_state(1)[0])
+
+
+def _roi_margin(recipe: Recipe) -> float:
+    margins = [s.preprocess.roi.margin_mm for s in recipe.stages if s.preprocess.roi is not None]
+    return float(max((max(m) if isinstance(m, (tuple, list)) else m) for m in margins)) if margins else 0.0
+
+
+def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainOptions, n_splits: int = 5,
+                workers: int = 1, stages: list[str] | None = None) -> Splits:
+    """Write the run's description files and the caches of ``stages`` (default all; rank 0); return the splits."""
+    from kitseg.preprocessing.cache import preprocess_dataset
+    from kitseg.preprocessing.fingerprint import compute_fingerprint, read_fingerprint, write_fingerprint
+
+    dist = options.dist
+    error = None
+    if dist.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            recipe_json = recipe.model_dump(mode="json")
+            if (run_dir / "recipe.json").exists():
+                if json.loads((run_dir / "recipe.json").read_text(encoding="utf-8")) != recipe_json:
+                    raise KitsegError("this run folder was trained with another recipe (or other overrides); "
+                                      "use a new output folder", run_dir / "recipe.json")
+            else:
+                write_json(run_dir / "recipe.json", recipe_json)
+            write_json(run_dir / "dataset.json", dataset.spec.model_dump(mode="json"))
+            fp_path = run_dir / "fingerprint.json"
+            if fp_path.exists():
+                fingerprint = read_fingerprint(fp_path)
+            else:
+                fingerprint = compute_fingerprint(dataset, workers=workers, progress=options.progress,
+                                                  roi_margin_mm=_roi_margin(recipe), seed=options.seed)
+                write_fingerprint(fingerprint, fp_path)
+            ensure_splits(run_dir / "splits.json", [c.case_id for c in dataset.cases], n_splits, options.seed)
+            for s in recipe.stages:
+                if stages and s.name not in stages:
+                    continue
+                preprocess_dataset(dataset, run_dir / "cache" / s.name, s.preprocess, fingerprint, workers=workers,
+                                   progress=options.progress)
+        except KitsegError as exc:
+            error = str(exc)
+    error = broadcast_object(error, dist)  # every rank fails together rather than waiting forever
+    if error is not None:
+        raise KitsegError(error)
+    barrier(dist)
+    return load_splits(run_dir / "splits.json")
+
+
+def load_train_cases(cache_dir: Path, case_ids: list[str], stage: Stage, seed: int) -> list[TrainCase]:
+    """The cached entries (one per case, or one per kidney) of ``case_ids``, indexed for sampling."""
+    from kitseg.preprocessing.cache import load_case, read_index
+
+    index = read_index(cache_dir)
+    out = []
+    for i, cid in enumerate(case_ids):
+        if cid not in index.cases:
+            raise KitsegError(f"case {cid} is missing from the cache; run kitseg train --resume to finish it",
+                              cache_dir)
+        for entry in index.cases[cid]:
+            cached = load_case(cache_dir, entry)
+            if cached.label is None:
+                raise KitsegError(f"cached entry {entry} has no label", cache_dir)
+            out.append(make_train_case(entry, cached.image[0], cached.label, cached.record.spacing, stage.target,
+                                       seed + i))
+    return out
+
+
+def parse_folds(folds: str | int | list[int] | None, n_folds: int) -> list[int]:
+    """``0`` / ``"0,2"`` / ``"all"`` -> fold indices, checked against the splits."""
+    if folds is None:
+        return [0]
+    if isinstance(folds, str):
+        if folds == "all":
+            return list(range(n_folds))
+        try:
+            folds = [int(f) for f in folds.split(",") if f.strip()]
+        except ValueError:
+            raise KitsegError(f"--fold must be a fold number, a comma-separated list or 'all', got {folds!r}") \
+                from None
+    if isinstance(folds, int):
+        folds = [folds]
+    bad = [f for f in folds if not 0 <= f < n_folds]
+    if bad:
+        raise KitsegError(f"fold {bad[0]} does not exist: the splits have folds 0..{n_folds - 1}")
+    return list(folds)
+
+
+def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, folds: str | int | list[int] | None = 0,
+                 stages: list[str] | None = None, options: TrainOptions = TrainOptions(), n_splits: int = 5,
+                 preprocess_workers: int = 1) -> list[StageResult]:
+    """Prepare the run folder and train the chosen stages on the chosen folds (see the module docstring)."""
+    run_dir = Path(run_dir)
+    dataset = labelled_dataset(data_dir)
+    check_labels(recipe, dataset)
+    names = [s.name for s in recipe.stages]
+    for name in stages or []:
+        if name not in names:
+            raise KitsegError(f"recipe {recipe.name!r} has no stage {name!r}; its stages: {', '.join(names)}")
+    splits = prepare_run(recipe, dataset, run_dir, options, n_splits, preprocess_workers, stages)
+    fold_list = parse_folds(folds, len(splits.folds))
+    targets = {s.name: s.target for s in recipe.stages}
+    results = []
+    for si, stage in enumerate(recipe.stages):
+        if stages and stage.name not in stages:
+            continue
+        cache_dir = run_dir / "cache" / stage.name
+        for fold in fold_list:
+            split = splits.folds[fold]
+            seed = stage_seed(options.seed, fold, si)
+            train = load_train_cases(cache_dir, split.train, stage, seed)
+            val = load_train_cases(cache_dir, split.val, stage, seed + 10_000)
+            fold_options = dataclasses.replace(options, seed=seed)
+            results.append(train_stage(stage, train, val, fold_dir(run_dir, stage.name, fold), targets, fold=fold,
+                                       options=fold_options))
+    return results
+
+
+def generic_tiny(recipe: Recipe) -> dict:
+    """``--tiny`` for a recipe without a ``tiny`` section: every stage gets its network's tiny
+    parameters (``kitseg.nets.NETWORKS[name].tiny_params``), 2 epochs of 2 iterations, batch size
+    at most 2 and a patch of at most 32 voxels per axis (a multiple of the tiny network's divisor)."""
+    from kitseg.nets import NETWORKS, build_network
+
+    out: dict = {}
+    for s in recipe.stages:
+        key = f"stages.{s.name}"
+        params = {**s.network.params, **(NETWORKS[s.network.name].tiny_params if s.network.name in NETWORKS else {})}
+        out[f"{key}.network.params"] = params
+        out[f"{key}.epochs"] = 2
+        out[f"{key}.iterations_per_epoch"] = 2
+        out[f"{key}.batch_size"] = min(2, s.batch_size)
+        if s.patch_size is not None and s.network.name in NETWORKS:
+            net = build_network(s.network.name, s.in_channels, s.target.out_channels, **params)
+            div = tuple(net.size_divisor)
+            out[f"{key}.patch_size"] = [max(d, min(p, 32) // d * d) for p, d in zip(s.patch_size, div)]
+    return out

@@ -1,0 +1,436 @@
+"""Training engine: targets, inputs, splits, sampling, augmentation, schedules, checkpoints, the loop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kitseg.errors import KitsegError
+from kitseg.recipes import load_recipe
+from kitseg.recipes.schema import AugmentSpec, OptimizerSpec, SamplerSpec, ScheduleSpec, TargetSpec
+from kitseg.training import augment as aug
+from kitseg.training.checkpoint import load_checkpoint, load_stage_models, rng_state, save_checkpoint, set_rng_state
+from kitseg.training.inputs import assemble_inputs, background_value, priors_from_label
+from kitseg.training.loop import TrainOptions, train_stage
+from kitseg.training.optim import EarlyStopping, build_optimizer, build_scheduler, step_schedule
+from kitseg.training.sampling import Draw, Geometry, Sampler, make_sample, make_train_case
+from kitseg.training.splits import ensure_splits, make_splits
+from kitseg.training.targets import class_labels, classes_to_labels, make_target
+from synthetic_kits import make_case, make_kits_dataset, write_tiny_recipe
+
+KITS = TargetSpec(kind="softmax", classes={"kidney": [1], "tumor": [2]})
+LOCALIZE = TargetSpec(kind="softmax", classes={"kidney": [1, 2]})
+TUNET = TargetSpec(kind="sigmoid", classes={"whole": [1, 2], "tumor": [2]})
+KITS23 = TargetSpec(kind="sigmoid", classes={"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- targets and inputs ------------------------------------------------------------------------
+def test_make_target_and_back():
+    lab = np.array([[[0, 1, 2, 3]]], np.uint8)
+    assert make_target(lab, KITS).tolist() == [[[0, 1, 2, 0]]]
+    assert make_target(lab, LOCALIZE).tolist() == [[[0, 1, 1, 0]]]
+    sig = make_target(lab, TUNET)
+    assert sig.shape == (2, 1, 1, 4) and sig[:, 0, 0].tolist() == [[0, 1, 1, 0], [0, 0, 1, 0]]
+    kits19 = np.array([[[0, 1, 2, 1]]], np.uint8)
+    assert np.array_equal(classes_to_labels(make_target(kits19, KITS), KITS), kits19)
+    assert classes_to_labels(make_target(kits19, LOCALIZE), LOCALIZE).tolist() == [[[0, 1, 1, 1]]]
+    assert np.array_equal(classes_to_labels(make_target(kits19, TUNET), TUNET), kits19)
+    # KiTS23 hierarchical regions come back as kidney 1, cyst 3, tumor 2
+    k23 = np.array([[[0, 1, 2, 3]]], np.uint8)
+    assert class_labels(KITS23) == [1, 3, 2]
+    assert np.array_equal(classes_to_labels(make_target(k23, KITS23), KITS23), k23)
+    with pytest.raises(KitsegError, match="both contain label 2"):
+        make_target(lab, TargetSpec(kind="softmax", classes={"whole": [1, 2], "tumor": [2]}))
+
+
+def test_assemble_inputs_channels():
+    recipe = _tiny_recipe_obj()
+    stage = recipe.stage("segment").model_copy(update={"inputs": ["ct", "mask:localize", "prob:localize",
+                                                                  "masked_ct:localize"]})
+    ct = np.arange(8, dtype=np.float32).reshape(2, 2, 2) - 3
+    lab = np.zeros((2, 2, 2), np.uint8)
+    lab[0, 0, 0], lab[1, 1, 1] = 1, 2
+    x = assemble_inputs(ct, priors_from_label(lab, stage, {"localize": LOCALIZE}), stage)
+    fg = (lab > 0).astype(np.float32)
+    assert x.shape == (4, 2, 2, 2)
+    assert np.array_equal(x[0], ct) and np.array_equal(x[1], fg) and np.array_equal(x[2], fg)
+    assert np.array_equal(x[3], np.where(fg > 0, ct, background_value(ct))) and background_value(ct) == -3
+    with pytest.raises(KitsegError, match="needs the output of stage"):
+        assemble_inputs(ct, {}, stage)
+
+
+# ---- splits ------------------------------------------------------------------------------------
+def test_splits_deterministic_disjoint_and_stored(tmp_path):
+    ids = [f"case_{i:05d}" for i in range(12)]
+    a, b = make_splits(ids, 5, seed=3), make_splits(list(reversed(ids)), 5, seed=3)
+    assert a == b and len(a.folds) == 5
+    vals = [c for f in a.folds for c in f.val]
+    assert sorted(vals) == ids  # every case validated exactly once
+    for f in a.folds:
+        assert not set(f.train) & set(f.val) and sorted(f.train + f.val) == ids
+    assert make_splits(ids, 5, seed=4) != a
+    path = tmp_path / "splits.json"
+    assert ensure_splits(path, ids, 5, 3) == a
+    assert json.loads(path.read_text(encoding="utf-8"))["folds"][0]["val"] == a.folds[0].val
+    assert ensure_splits(path, ids, 5, 99) == a  # stored splits win
+    with pytest.raises(KitsegError, match="do not match"):
+        ensure_splits(path, ids[:-1], 5, 3)
+    assert len(make_splits(ids[:3], 5).folds) == 3  # fewer cases than folds: leave-one-out
+
+
+# ---- sampling ----------------------------------------------------------------------------------
+def _case_with_small_fg(shape=(40, 40, 40)):
+    img = np.zeros(shape, np.float32)
+    lab = np.zeros(shape, np.uint8)
+    lab[30:32, 5:7, 20:22] = 1
+    lab[31, 6, 21] = 2
+    return make_train_case("c", img, lab, (1.0, 1.0, 1.0), KITS)
+
+
+def test_patch_sampler_foreground_fraction():
+    case = _case_with_small_fg()
+    geometry = Geometry("patch", 3, (8, 8, 8))
+    sampler = Sampler([case], SamplerSpec(foreground_fraction=0.33), geometry, AugmentSpec(), seed=0)
+    draws = sampler.draw(3000)
+    frac = np.mean([d.fg for d in draws])
+    assert abs(frac - 0.33) < 0.04
+    stage = _tiny_recipe_obj().stage("localize")
+    stage = stage.model_copy(update={"target": KITS})
+    with_fg = [make_sample(case, d, geometry, stage, {})[1].any() for d in draws[:300]]
+    forced = [d.fg for d in draws[:300]]
+    assert all(w for w, f in zip(with_fg, forced) if f)  # every foreground draw holds foreground
+    assert np.mean(with_fg) < 0.45  # random patches rarely hit the small object
+    # the foreground class is drawn first: the one tumor voxel is the centre of half the foreground draws
+    fg = [d for d in draws if d.fg]
+    assert abs(np.mean([tuple(d.center) == (31, 6, 21) for d in fg]) - 0.5) < 0.07
+
+
+def test_slice_sampler_oversamples_kidney_slices():
+    """ResUNet paper 2.2: slices with kidney expanded 50 times: 5 of 100 slices -> 250/345 of draws."""
+    img = np.zeros((100, 16, 16), np.float32)
+    lab = np.zeros((100, 16, 16), np.uint8)
+    lab[40:45, 4:8, 4:8] = 1
+    case = make_train_case("c", img, lab, (1.0, 1.0, 1.0), LOCALIZE)
+    sampler = Sampler([case], SamplerSpec(name="slices", kidney_slice_oversampling=50), Geometry("slices", 2, (16, 16),
+                      slices=3), AugmentSpec(), seed=1)
+    frac = np.mean([d.fg for d in sampler.draw(2000)])
+    assert abs(frac - 250 / 345) < 0.04
+    # 3D slice windows of 8 slices always lie inside the volume
+    s3 = Sampler([case], SamplerSpec(name="slices", kidney_slice_oversampling=50), Geometry("slices", 3, (8, 16, 16)),
+                 AugmentSpec(), seed=1)
+    starts = [d.center[0] - 4 for d in s3.draw(200)]
+    assert min(starts) >= 0 and max(starts) <= 92
+
+
+def test_hard_case_weights_and_sampler_state_roundtrip(tmp_path):
+    cases = [_case_with_small_fg() for _ in range(4)]
+    spec = SamplerSpec(hard_case=True)
+    sampler = Sampler(cases, spec, Geometry("patch", 3, (8, 8, 8)), AugmentSpec(rotate_deg=5, probability=1), seed=0)
+    assert np.allclose(sampler.case_weights(), 0.25)
+    sampler.update_hardness([0, 1, 2, 3], [5.0, 1.0, 1.0, 1.0], [0.5, 0.0, 0.0, 0.0])
+    w = sampler.case_weights()
+    assert w.sum() == pytest.approx(1.0) and w[0] >= 0.45 and w[1] == pytest.approx(w[3])
+    counts = np.bincount([d.case for d in sampler.draw(400)], minlength=4)
+    assert counts[0] > 2 * counts[1]
+    path = tmp_path / "s.pt"
+    torch.save(sampler.state_dict(), path)
+    expected = sampler.draw(5)
+    other = Sampler(cases, spec, Geometry("patch", 3, (8, 8, 8)), AugmentSpec(rotate_deg=5, probability=1), seed=9)
+    other.load_state_dict(torch.load(path, weights_only=True))
+    assert other.draw(5) == expected
+
+
+# ---- augmentation ------------------------------------------------------------------------------
+def test_augment_params_seeded_and_stream_independent():
+    a = aug.sample_params(AugmentSpec(rotate_deg=10, flip_axes=[2], probability=0.5), np.random.default_rng(5))
+    b = aug.sample_params(AugmentSpec(rotate_deg=10, flip_axes=[2], probability=0.5), np.random.default_rng(5))
+    assert a == b
+    r1, r2 = np.random.default_rng(1), np.random.default_rng(1)
+    aug.sample_params(AugmentSpec(), r1)
+    aug.sample_params(AugmentSpec(rotate_deg=10, scale=(0.8, 1.2), gaussian_blur=1, probability=1), r2)
+    assert r1.random() == r2.random()  # same number of draws whatever is applied
+
+
+def test_spatial_transform_geometry():
+    rng = np.random.default_rng(0)
+    box = rng.normal(size=(6, 9, 9)).astype(np.float32)
+    lab = (box > 0).astype(np.uint8)
+    # a 90-degree in-plane rotation about z is a rot90 of every slice
+    m = aug._rotation((90.0, 0.0, 0.0)).T
+    p = aug.AugParams(matrix=tuple(tuple(r) for r in m))
+    ct, lb = aug.apply_spatial(box, lab, p, (6, 9, 9))
+    assert np.allclose(ct, np.rot90(box, k=1, axes=(1, 2)), atol=1e-4) or \
+        np.allclose(ct, np.rot90(box, k=-1, axes=(1, 2)), atol=1e-4)
+    assert set(np.unique(lb)) <= {0, 1} and np.array_equal(lb, (ct > 0).astype(np.uint8))
+    # the identity matrix through grid_sample gives the centre of the box back
+    ident = aug.AugParams(matrix=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    ct, _ = aug.apply_spatial(box, lab, ident, (4, 5, 5))
+    assert np.allclose(ct, box[1:5, 2:7, 2:7], atol=1e-5)
+    # a rotated patch needs a larger box, sharing its centre (same parity)
+    small = aug.sample_params(AugmentSpec(rotate_deg=30, probability=1), np.random.default_rng(2))
+    size = aug.box_size(small, (8, 16, 16))
+    assert all(s >= p and (s - p) % 2 == 0 for s, p in zip(size, (8, 16, 16))) and size != (8, 16, 16)
+
+
+def test_make_sample_flips_and_25d_channel_order():
+    img, lab = make_case((16, 32, 32), seed=0)
+    case = make_train_case("c", img, lab, (3.0, 1.5, 1.5), KITS)
+    stage = _tiny_recipe_obj().stage("segment")
+    targets = {"localize": LOCALIZE}
+    g3 = Geometry("patch", 3, (8, 16, 16))
+    d = Draw(0, (8, 16, 16))
+    x, y = make_sample(case, d, g3, stage, targets)
+    assert x.shape == (2, 8, 16, 16) and np.array_equal(x[0], img[4:12, 8:24, 8:24])
+    assert np.array_equal(y, make_target(lab[4:12, 8:24, 8:24], KITS))
+    xf, yf = make_sample(case, Draw(0, (8, 16, 16), aug=aug.AugParams(flips=(2,))), g3, stage, targets)
+    assert np.array_equal(xf, x[..., ::-1]) and np.array_equal(yf, y[..., ::-1])
+    # 2.5D: 3 slices x 2 inputs, slice-major (channel s * 2 + c), target = centre slice
+    g2 = Geometry("slices", 2, (16, 16), slices=3)
+    x2, y2 = make_sample(case, Draw(0, (8, 16, 16)), g2, stage, targets)
+    assert x2.shape == (6, 16, 16) and y2.shape == (16, 16)
+    for s in range(3):
+        assert np.array_equal(x2[2 * s], img[7 + s, 8:24, 8:24])
+        assert np.array_equal(x2[2 * s + 1], (lab[7 + s, 8:24, 8:24] > 0).astype(np.float32))
+    assert np.array_equal(y2, make_target(lab[8, 8:24, 8:24], KITS))
+    # patches leaving the volume are padded with the CT background and label 0
+    xe, ye = make_sample(case, Draw(0, (0, 0, 0)), g3, stage, targets)
+    assert np.all(xe[0, :4] == case.background) and not ye[:4].any()
+
+
+# ---- optimizers and schedules ------------------------------------------------------------------
+def _lrs(spec: ScheduleSpec, opt_spec: OptimizerSpec, epochs: int, losses=None):
+    opt = build_optimizer(opt_spec, [torch.nn.Parameter(torch.zeros(1))])
+    sched = build_scheduler(spec, opt, epochs)
+    out = []
+    for e in range(epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        step_schedule(sched, 1.0 if losses is None else losses[e])
+    return opt, out
+
+
+def test_schedules_from_the_papers():
+    # 3D FCN-PPM: SGD momentum 0.9, weight decay 1e-5, lr 1e-3, multistep at epochs 3, 5, 7
+    opt, lrs = _lrs(ScheduleSpec(name="multistep", milestones=[3, 5, 7]),
+                    OptimizerSpec(name="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-5), 9)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["weight_decay"] == 1e-5
+    assert lrs == pytest.approx([1e-3] * 3 + [1e-4] * 2 + [1e-5] * 2 + [1e-6] * 2)
+    # nnU-Net-like poly
+    _, lrs = _lrs(ScheduleSpec(name="poly", power=0.9), OptimizerSpec(name="sgd", lr=1e-2, momentum=0.99,
+                                                                      nesterov=True), 10)
+    assert lrs == pytest.approx([1e-2 * (1 - e / 10) ** 0.9 for e in range(10)])
+    # TuNet: Adam 1e-4, plateau x0.2 after 6 epochs without improvement
+    opt, lrs = _lrs(ScheduleSpec(name="plateau", factor=0.2, patience=6), OptimizerSpec(lr=1e-4, weight_decay=1e-5),
+                    10)
+    assert isinstance(opt, torch.optim.Adam) and lrs[:8] == pytest.approx([1e-4] * 8) and lrs[8] == pytest.approx(2e-5)
+    stopper = EarlyStopping(15)
+    assert not stopper.step(1.0)
+    assert [stopper.step(1.0) for _ in range(15)] == [False] * 14 + [True]
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+def test_checkpoint_roundtrip_rng_and_errors(tmp_path):
+    torch.manual_seed(3)
+    state = rng_state()
+    expected = torch.rand(3)
+    save_checkpoint(tmp_path / "c.pt", {"format": "kitseg-checkpoint", "version": 1, "rng": state})
+    ck = load_checkpoint(tmp_path / "c.pt")
+    set_rng_state(ck["rng"])
+    assert torch.equal(torch.rand(3), expected)
+    assert not list(tmp_path.glob(".*part*"))  # no temporary left behind
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(KitsegError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"x": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(KitsegError, match="not a kitseg checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(KitsegError, match="no trained fold"):
+        load_stage_models(tmp_path, "segment")
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+def _tiny_recipe_obj(tmp_path_factory=None):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        return load_recipe(write_tiny_recipe(Path(d) / "r.yaml"))
+
+
+def _cases(n, target, seed=0):
+    out = []
+    for i in range(n):
+        img, lab = make_case((16, 32, 32), seed=seed + i)
+        out.append(make_train_case(f"c{i}", (img + 100) / 100, lab, (3.0, 1.5, 1.5), target, seed=i))
+    return out
+
+
+def test_resume_reproduces_uninterrupted_run_bit_for_bit(tmp_path):
+    """3 epochs straight == 2 epochs, a new process state, then --resume to 3 (weights identical)."""
+    stage = _tiny_recipe_obj().stage("segment").model_copy(update={"epochs": 3})
+    stage = stage.model_copy(update={"augmentation": AugmentSpec(rotate_deg=10, flip_axes=[2], gaussian_blur=0.5,
+                                                                  intensity_scale=0.1, probability=0.5)})
+    targets = {"localize": LOCALIZE, "segment": KITS}
+    train, val = _cases(3, KITS), _cases(1, KITS, seed=10)
+    train_stage(stage, train, val, tmp_path / "a", targets, options=TrainOptions(seed=7, progress=False))
+    part = train_stage(stage, train, val, tmp_path / "b", targets,
+                       options=TrainOptions(seed=7, progress=False, until_epoch=2))
+    assert part.epochs_done == 2 and not part.finished
+    torch.manual_seed(12345)  # the resumed run must not depend on the state this process is in
+    np.random.seed(1)
+    resumed = train_stage(stage, train, val, tmp_path / "b", targets,
+                          options=TrainOptions(seed=7, progress=False, resume=True))
+    assert resumed.finished and resumed.epochs_done == 3
+    a = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    strip = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in a["history"]]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("_s")} for r in b["history"]]
+    assert (tmp_path / "b" / "log.csv").read_text(encoding="utf-8").count("\n") == 4  # header + 3 epochs
+    with pytest.raises(KitsegError, match="--resume"):
+        train_stage(stage, train, val, tmp_path / "a", targets, options=TrainOptions(seed=7, progress=False))
+
+
+def test_tiny_cascade_trains_end_to_end(tmp_path):
+    from kitseg.cli.main import main
+
+    data = make_kits_dataset(tmp_path / "data", n=4)
+    recipe = write_tiny_recipe(tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    args = ["train", "--recipe", str(recipe), "--data", str(data), "-o", str(run), "--no-progress", "--n-splits", "2"]
+    assert main(args) == 0
+    for name in ("recipe.json", "dataset.json", "fingerprint.json", "splits.json"):
+        assert (run / name).is_file(), name
+    assert len(json.loads((run / "splits.json").read_text(encoding="utf-8"))["folds"]) == 2
+    for stage in ("localize", "segment"):
+        fold = run / stage / "fold_0"
+        for name in ("checkpoint_last.pt", "checkpoint_best.pt", "log.csv", "curves.png"):
+            assert (fold / name).is_file(), f"{stage}/{name}"
+        assert (fold / "log.csv").read_text(encoding="utf-8").count("\n") == 3
+        assert any((fold / "tensorboard").iterdir())
+    models = load_stage_models(run, "segment")
+    assert len(models) == 1 and not models[0].training
+    ck = load_checkpoint(run / "segment" / "fold_0" / "checkpoint_last.pt")
+    assert ck["network"]["in_channels"] == 2 and ck["network"]["out_channels"] == 3 and ck["finished"]
+    with torch.no_grad():
+        assert models[0](torch.zeros(1, 2, 8, 16, 16)).shape == (1, 3, 8, 16, 16)
+    # the same command again refuses to overwrite; --resume sees the finished stages and returns
+    assert main(args) == 2
+    assert main([*args, "--resume"]) == 0
+    # another recipe in the same folder is refused; unknown stage too
+    assert main([*args, "--resume", "--set", "stages.segment.optimizer.lr=0.5"]) == 2
+    assert main([*args, "--stage", "nope"]) == 2
+
+
+def test_worker_processes_give_the_same_batches():
+    """Draws come from the main process and cutting is pure: DataLoader workers change nothing."""
+    from kitseg.training.data import TrainBatches
+
+    stage = _tiny_recipe_obj().stage("segment")
+    stage = stage.model_copy(update={"sampler": SamplerSpec(foreground_fraction=0.5),
+                                     "augmentation": AugmentSpec(rotate_deg=10, flip_axes=[2], gaussian_blur=0.5,
+                                                                 probability=0.5)})
+    targets = {"localize": LOCALIZE}
+    cases = _cases(2, KITS)
+
+    def epoch(workers):
+        geometry = Geometry("patch", 3, tuple(stage.patch_size))
+        sampler = Sampler(cases, stage.sampler, geometry, stage.augmentation, seed=4)
+        batches = TrainBatches(sampler, stage, targets, iterations=3, workers=workers)
+        return [b for _ in range(2) for b in batches.epoch()]  # two epochs (persistent workers)
+
+    ref, other = epoch(0), epoch(2)
+    assert len(ref) == len(other) == 6
+    for (x0, y0, c0), (x1, y1, c1) in zip(ref, other):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1) and c0 == c1
+
+
+PAPER_STAGES = {
+    # TuNet: whole-volume sigmoid regions, L = L_whole + L_tumor, Adam 1e-4 + L2, plateau, early stopping
+    "tunet_wnet_whole": dict(network={"name": "tunet_wnet", "params": {"base_features": 4, "pool_counts": 2}},
+                             target={"kind": "sigmoid", "classes": {"whole": [1, 2], "tumor": [2]}},
+                             patch_size=None, sampler={"name": "whole"}, loss={"name": "region_dice"},
+                             optimizer={"name": "adam", "lr": 1e-4, "weight_decay": 1e-5},
+                             schedule={"name": "plateau", "factor": 0.2, "patience": 6, "early_stopping": 15},
+                             augmentation={"rotate_deg": 1.0, "probability": 1.0}),
+    # 2.5D VNet: masked CT, slices with kidney x50, hard cases, focal + weighted Dice
+    "vnet25d_slices": dict(network={"name": "vnet25d_ms", "params": {"base_features": 4, "n_levels": 3}},
+                           inputs=["masked_ct:kidney"], target={"kind": "softmax", "classes": {"tumor": [2]}},
+                           patch_size=[16, 16], sampler={"name": "slices", "kidney_slice_oversampling": 50,
+                                                         "hard_case": True},
+                           loss={"name": "focal_dice", "params": {"dice_class_weights": [0.0, 1.0]}},
+                           augmentation={"rotate_deg": 10, "translate_mm": 3, "gaussian_blur": 0.5,
+                                         "histogram_equalization": 0.5, "probability": 0.5}),
+    # 3D ResUNet: 64-slice windows (here 8), deep supervision mu = 0.33 x 0.8 every 15 epochs, mirroring
+    "resunet3d_windows": dict(network={"name": "resunet3d_ds", "params": {"base_features": 4, "pool_counts": 2}},
+                              target={"kind": "softmax", "classes": {"kidney": [1, 2]}}, patch_size=[8, 32, 32],
+                              sampler={"name": "slices", "kidney_slice_oversampling": 50},
+                              loss={"name": "dice", "deep_supervision": {"weights": [1, 0.33, 0.33], "decay": 0.8,
+                                                                         "decay_every": 15}},
+                              augmentation={"flip_axes": [0, 1, 2]}),
+    # 3D FCN-PPM: weighted CE (0.2 / 1 / 2), SGD momentum 0.9, weight decay 1e-5, lr 1e-3, multistep 3, 5, 7
+    "fcn_ppm": dict(network={"name": "fcn_ppm", "params": {"base_features": 2, "blocks": [1, 1, 1],
+                                                           "ppm_kernels": [2, 4]}},
+                    target={"kind": "softmax", "classes": {"kidney": [1], "tumor": [2]}}, patch_size=[16, 16, 16],
+                    loss={"name": "weighted_ce", "params": {"class_weights": {"background": 0.2, "kidney": 1.0,
+                                                                              "tumor": 2.0}}},
+                    optimizer={"name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-5},
+                    schedule={"name": "multistep", "milestones": [3, 5, 7]}, augmentation={"flip_axes": [2]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_STAGES))
+def test_paper_stage_configurations_train(tmp_path, name):
+    """Each paper's kind of stage (sampler, loss, schedule, 2D/3D network) runs through the loop."""
+    from kitseg.preprocessing.spec import PreprocessSpec
+    from kitseg.recipes.schema import Stage
+
+    stage = Stage.model_validate({"name": name, "preprocess": PreprocessSpec().model_dump(), "inputs": ["ct"],
+                                  "batch_size": 2, "epochs": 2, "iterations_per_epoch": 2, **PAPER_STAGES[name]})
+    targets = {"kidney": LOCALIZE, name: stage.target}
+    result = train_stage(stage, _cases(2, stage.target), _cases(1, stage.target, seed=5), tmp_path, targets,
+                         options=TrainOptions(progress=False, val_per_case=1))
+    assert result.finished and len(result.history) == 2
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in result.history)
+    ck = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert ck["network"]["name"] == stage.network.name and ck["epoch"] == 2
+
+
+def test_generic_tiny_shrinks_a_recipe_without_tiny_section():
+    from kitseg.nets import build_network
+    from kitseg.recipes.__init__ import apply_overrides, validate_recipe
+    from kitseg.training.run import generic_tiny
+
+    recipe = _tiny_recipe_obj()
+    big = apply_overrides(recipe.model_dump(), {"stages.segment.patch_size": [40, 128, 128],
+                                                "stages.segment.epochs": 300})
+    big = validate_recipe(big)
+    over = generic_tiny(big)
+    assert over["stages.segment.epochs"] == 2 and over["stages.segment.iterations_per_epoch"] == 2
+    small = validate_recipe(apply_overrides(big.model_dump(), over))
+    seg = small.stage("segment")
+    net = build_network(seg.network.name, seg.in_channels, seg.target.out_channels, **seg.network.params)
+    assert all(p <= 32 and p % d == 0 for p, d in zip(seg.patch_size, net.size_divisor))
+
+
+def test_parse_folds():
+    from kitseg.training.run import parse_folds
+
+    assert parse_folds("all", 5) == [0, 1, 2, 3, 4]
+    assert parse_folds("0,2", 5) == [0, 2] and parse_folds(3, 5) == [3] and parse_folds(None, 5) == [0]
+    with pytest.raises(KitsegError, match="does not exist"):
+        parse_folds("5", 5)
+    with pytest.raises(KitsegError, match="fold number"):
+        parse_folds("first", 5)
