@@ -1,0 +1,113 @@
+"""Clinical measurements of a label map: volumes, largest tumor diameter, laterality.
+
+Definitions (also in docs/EVALUATION.md):
+- Volumes in ml = voxel count x voxel volume. ``kidney_with_masses_ml`` is the kidney *including*
+  tumor (and cysts); ``kidney_ml`` is kidney tissue without them.
+- Largest tumor diameter = maximum Feret (caliper) diameter of the largest tumor component (by
+  volume, 26-connectivity): the largest distance in mm between the centres of two of its surface
+  voxels, in patient coordinates (spacing and direction applied). Measured between voxel centres it
+  can be short of the true extent by up to one voxel size along the measured direction.
+- Laterality: canonical arrays have x pointing to the patient's LEFT (higher x index = more to the
+  patient's left). The body midline is the x centroid of the body (CT > -500 HU) on the slices
+  holding the kidneys, or the image centre without an image. A voxel or a component (by its
+  centroid) right of the midline is on the patient's right. A horseshoe kidney counts for the side
+  of each of its voxels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from kitseg.postprocessing.components import bbox, label_components
+from kitseg.volume import Volume
+
+BODY_HU = -500.0
+MIN_COMPONENT_ML = 0.1  # smaller tumor components are left out of count and side, unless no larger one exists
+
+
+class Measurements(BaseModel):
+    """What the report shows for one label map."""
+
+    model_config = ConfigDict(extra="forbid")
+    kidney_ml: float  # kidney tissue without tumor/cyst
+    tumor_ml: float
+    cyst_ml: float | None = None
+    kidney_with_masses_ml: float  # kidney including tumor and cysts
+    right_kidney_ml: float  # incl. masses, patient's right
+    left_kidney_ml: float
+    tumor_count: int
+    largest_tumor_ml: float | None
+    largest_tumor_diameter_mm: float | None
+    tumor_side: str  # "right", "left", "both" or "none"
+    midline_x: float  # index of the body midline used
+
+
+def max_feret_diameter_mm(mask: np.ndarray, vol: Volume, offset: tuple[int, int, int] = (0, 0, 0)) -> float:
+    """Largest distance (mm) between two surface-voxel centres of ``mask`` (0.0 for a single voxel).
+
+    ``mask`` may be a crop of ``vol``'s grid starting at index ``offset``.
+    """
+    box = bbox(mask, margin=1)
+    if box is None:
+        return 0.0
+    sub = np.asarray(mask[box], dtype=bool)
+    edges = sub & ~ndimage.binary_erosion(sub, border_value=0)
+    idx = np.argwhere(edges) + np.array([s.start for s in box]) + np.asarray(offset)
+    pts = np.atleast_2d(vol.index_to_world(idx))
+    if len(pts) < 2:
+        return 0.0
+    try:
+        pts = pts[ConvexHull(pts).vertices]
+    except (QhullError, ValueError):  # flat or tiny: all points lie in a plane or a line
+        pass
+    best = 0.0
+    for i in range(0, len(pts), 2048):
+        d = np.linalg.norm(pts[i:i + 2048, None, :] - pts[None, :, :], axis=-1)
+        best = max(best, float(d.max()))
+    return best
+
+
+def body_midline_x(labels: np.ndarray, image: np.ndarray | None = None) -> float:
+    """x index of the body midline: body centroid on the slices with foreground, else the image centre."""
+    centre = (labels.shape[2] - 1) / 2.0
+    if image is None:
+        return centre
+    zs = np.flatnonzero(np.any(labels > 0, axis=(1, 2)))
+    body = image[zs[0]:zs[-1] + 1] > BODY_HU if zs.size else image > BODY_HU
+    columns = np.count_nonzero(body, axis=(0, 1))
+    if columns.sum() == 0:
+        return centre
+    return float((columns * np.arange(columns.size)).sum() / columns.sum())
+
+
+def measure(labels: Volume, image: Volume | None = None, tumor: int = 2, cyst: int | None = None) -> Measurements:
+    """Volumes, per-side kidney volumes, tumor count/size/diameter and tumor side of a label map."""
+    arr = labels.array
+    ml = labels.voxel_volume_ml
+    mid = body_midline_x(arr, None if image is None else image.array)
+    fg_cols = np.count_nonzero(arr > 0, axis=(0, 1))
+    x = np.arange(arr.shape[2])
+    right = float(fg_cols[x < mid].sum()) * ml
+    left = float(fg_cols[x >= mid].sum()) * ml
+    n_fg = int(np.count_nonzero(arr))
+    n_tumor = int(np.count_nonzero(arr == tumor))
+    n_cyst = int(np.count_nonzero(arr == cyst)) if cyst is not None else 0
+    sides, count, largest_ml, diameter = set(), 0, None, None
+    box = bbox(arr == tumor)
+    if box is not None:
+        comp, sizes = label_components(arr[box] == tumor, 26)
+        keep = [k for k in range(1, sizes.size) if sizes[k] * ml >= MIN_COMPONENT_ML] or [int(np.argmax(sizes[1:])) + 1]
+        count = len(keep)
+        centroids = ndimage.center_of_mass(np.ones(comp.shape), comp, keep)
+        sides = {"left" if c[2] + box[2].start >= mid else "right" for c in centroids}
+        big = keep[int(np.argmax(sizes[keep]))]
+        largest_ml = float(sizes[big]) * ml
+        diameter = max_feret_diameter_mm(comp == big, labels, tuple(b.start for b in box))
+    side = "none" if not sides else ("both" if len(sides) == 2 else sides.pop())
+    return Measurements(kidney_ml=float(n_fg - n_tumor - n_cyst) * ml, tumor_ml=n_tumor * ml,
+                        cyst_ml=n_cyst * ml if cyst is not None else None, kidney_with_masses_ml=n_fg * ml,
+                        right_kidney_ml=right, left_kidney_ml=left, tumor_count=count, largest_tumor_ml=largest_ml,
+                        largest_tumor_diameter_mm=diameter, tumor_side=side, midline_x=mid)
