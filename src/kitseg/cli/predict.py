@@ -1,0 +1,49 @@
+"""`kitseg predict -i CT -o OUT --model RUN_DIR`: segment one CT or a folder of CTs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kitseg.errors import KitsegError
+
+
+@click.command()
+@click.option("-i", "--input", "inputs", type=click.Path(path_type=Path), required=True,
+              help="A CT file (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them (also a KiTS or "
+                   "nnU-Net dataset folder).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="A label file (e.g. out.nii.gz) for one input, else a folder: OUT/<case_id>.nii.gz.")
+@click.option("--model", "run_dir", type=click.Path(path_type=Path), required=True,
+              help="The run folder `kitseg train -o` wrote (every trained fold is ensembled).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--tta", is_flag=True, help="Mirroring test-time augmentation (2-8x slower).")
+@click.option("--save-probabilities", is_flag=True,
+              help="Also write <case>_probabilities.npz (float16, the label file's array order).")
+def predict(inputs: Path, output: Path, run_dir: Path, device: str, tta: bool, save_probabilities: bool) -> None:
+    """Segment kidney and tumor: uint8 labels (0 background, 1 kidney, 2 tumor; KiTS23: 3 cyst).
+
+    Each label file has exactly its input's shape, spacing, origin and orientation. A folder run
+    skips cases already written and resumes after an interruption; a bad input is reported and
+    skipped. Several processes, GPUs or nodes share a folder with torchrun (each rank predicts
+    every WORLD_SIZE-th case): `torchrun --nproc_per_node 4 -m kitseg.cli.main predict ...`.
+    """
+    from kitseg.datasets import find_images
+    from kitseg.inference import load_run, predict_file, predict_folder
+    from kitseg.io import is_image_file
+
+    single = is_image_file(output)
+    cases = find_images(inputs)
+    if single and len(cases) != 1:
+        raise KitsegError(f"{len(cases)} inputs found; give a folder as -o (not a file name)", inputs)
+    run = load_run(run_dir, device)
+    if single:
+        case_id, path = cases[0]
+        predict_file(path, output, run, tta=tta, save_probabilities=save_probabilities, case_id=case_id)
+        click.echo(f"wrote {output}")
+        return
+    summary = predict_folder(inputs, output, run, tta=tta, save_probabilities=save_probabilities)
+    click.echo(summary.describe())
+    if summary.count("failed"):
+        raise KitsegError(f"{summary.count('failed')} of {len(summary.cases)} cases failed (listed above)")

@@ -1,0 +1,48 @@
+"""Inference: sliding windows, the papers' variants, ensembles, the cascade runner, files and folders.
+
+The Python API (a path, DICOM folder, ``Volume`` or SimpleITK image in, a ``Volume`` out)::
+
+    from kitseg.inference import predict
+    labels = predict("case_00123/imaging.nii.gz", "runs/kitseg_cascade")   # uint8 Volume, input grid
+    from kitseg.io import write_volume
+    write_volume(labels, "case_00123.nii.gz")                             # the input's geometry
+
+Modules: ``sliding`` (Gaussian sliding window), ``variants`` (z-windows, majority vote, 2.5D
+slices, whole volume, mirroring TTA), ``ensemble`` (probability averaging), ``run`` (loading a run
+folder), ``mapping`` (moving outputs between grids), ``cascade`` (``predict_case``), ``final``
+(the recipe's final step), ``folder`` (``predict_folder``: resume, skip, torchrun sharding).
+See docs/INFERENCE.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from kitseg.inference.cascade import CaseTimings, Probabilities, predict_case
+from kitseg.inference.folder import FolderSummary, predict_file, predict_folder
+from kitseg.inference.run import LoadedRun, load_run
+from kitseg.inference.sliding import sliding_window
+from kitseg.io import VolumeLike
+from kitseg.volume import Volume
+
+
+def predict(image: VolumeLike, model: str | Path | LoadedRun | Sequence[str | Path | LoadedRun],
+            device: str | torch.device = "cpu", *, tta: bool = False, folds: list[int] | None = None) -> Volume:
+    """Segment one CT: uint8 labels (0 background, 1 kidney, 2 tumor; KiTS23 3 cyst) on its exact grid.
+
+    ``model``: a run folder written by ``kitseg train``, a ``LoadedRun``, or several of either (an
+    ensemble of runs of one recipe, e.g. TuNet's four variants). ``folds``: which folds to
+    average (default: every trained fold).
+    """
+    models = [model] if isinstance(model, (str, Path, LoadedRun)) else list(model)
+    runs = [m if isinstance(m, LoadedRun) else load_run(m, device, folds) for m in models]
+    result = predict_case(image, runs, device)
+    assert isinstance(result, Volume)
+    return result
+
+
+__all__ = ["CaseTimings", "FolderSummary", "LoadedRun", "Probabilities", "load_run", "predict", "predict_case",
+           "predict_file", "predict_folder", "sliding_window"]

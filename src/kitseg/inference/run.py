@@ -1,0 +1,109 @@
+"""A trained run folder loaded for inference: recipe, label set, fingerprint and each stage's models.
+
+The run folder is written by ``kitseg train`` (CONTRACTS: ``recipe.json``, ``dataset.json``,
+``fingerprint.json``, ``<stage>/fold_<k>/checkpoint_best.pt``). ``load_run`` reads it once; the
+result serves any number of cases (``predict_case``, ``predict_folder``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from kitseg.datasets import PRESETS, DatasetSpec
+from kitseg.errors import KitsegError
+from kitseg.preprocessing.fingerprint import read_fingerprint
+from kitseg.preprocessing.records import Fingerprint
+from kitseg.recipes.schema import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedRun:
+    """Everything inference needs from a run: ``models[stage name]`` is the stage's ensemble."""
+
+    recipe: Recipe
+    dataset: DatasetSpec
+    fingerprint: Fingerprint | None
+    models: dict[str, list[nn.Module]]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    run_dir: Path | None = None
+
+    def __post_init__(self):
+        missing = [s.name for s in self.recipe.stages if not self.models.get(s.name)]
+        if missing:
+            raise KitsegError(f"run has no trained model for stage(s) {', '.join(missing)}", self.run_dir)
+
+    def describe(self) -> str:
+        folds = ", ".join(f"{s}: {len(m)} model(s)" for s, m in self.models.items())
+        return f"recipe {self.recipe.name} ({folds}) on {self.device}"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``"cpu"``, ``"cuda"`` (under torchrun: ``cuda:$LOCAL_RANK``) or an explicit ``"cuda:1"``."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise KitsegError("--device cuda asked for, but this torch build sees no CUDA GPU; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return device
+
+
+def _read_json_model(path: Path, model, what: str):
+    if not path.is_file():
+        raise KitsegError(f"the run folder has no {path.name} ({what}); is it a kitseg run folder?", path.parent)
+    try:
+        return model.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, ValueError) as exc:
+        raise KitsegError(f"not a valid {what} ({str(exc).splitlines()[0]})", path) from None
+
+
+def _read_dataset_spec(path: Path, recipe: Recipe) -> DatasetSpec:
+    if not path.is_file():
+        return PRESETS[recipe.labels]
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return DatasetSpec.model_validate({k: v for k, v in raw.items() if k in DatasetSpec.model_fields})
+    except (ValidationError, ValueError) as exc:
+        raise KitsegError(f"not a valid dataset.json ({str(exc).splitlines()[0]})", path) from None
+
+
+def load_run(run_dir: str | Path, device: str | torch.device | None = "cpu", folds: list[int] | None = None,
+             which: str = "best") -> LoadedRun:
+    """Read a run folder: the recipe, label set, fingerprint and every stage's fold models.
+
+    ``folds=None``: every fold with a checkpoint (the ensemble). ``which="best"`` falls back to
+    ``checkpoint_last.pt`` for a stage whose folds have no best checkpoint yet (said in the log).
+    """
+    from kitseg.training.checkpoint import load_stage_models
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise KitsegError("no such run folder (give the folder `kitseg train -o` wrote)", run_dir)
+    dev = resolve_device(device)
+    recipe = _read_json_model(run_dir / "recipe.json", Recipe, "recipe")
+    dataset = _read_dataset_spec(run_dir / "dataset.json", recipe)
+    fp_path = run_dir / "fingerprint.json"
+    fingerprint = read_fingerprint(fp_path) if fp_path.is_file() else None
+    models: dict[str, list[nn.Module]] = {}
+    for stage in recipe.stages:
+        try:
+            models[stage.name] = load_stage_models(run_dir, stage.name, folds, which, dev)
+        except KitsegError:
+            if which != "best":
+                raise
+            models[stage.name] = load_stage_models(run_dir, stage.name, folds, "last", dev)
+            log.warning("stage %s: no checkpoint_best.pt, using checkpoint_last.pt", stage.name)
+    return LoadedRun(recipe, dataset, fingerprint, models, dev, run_dir)
+
+
+__all__ = ["LoadedRun", "load_run", "resolve_device"]

@@ -1,0 +1,87 @@
+"""`kitseg predict`: one file, a folder, probabilities, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from inference_runs import GEOMETRY_RECIPE, recipe_from_yaml, write_run
+from kitseg.cli.main import main
+from kitseg.io import read_volume, write_volume
+from kitseg.volume import Volume
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return write_run(tmp_path_factory.mktemp("run"), recipe_from_yaml(GEOMETRY_RECIPE))
+
+
+def _ct(path, seed=0, shape=(20, 36, 40)):
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(-100, 50, shape).astype(np.int16)
+    direction = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])  # y flipped: not canonical
+    vol = Volume.from_geometry(arr, (2.5, 0.9, 0.8), (12.0, -40.0, 3.5), direction)
+    return write_volume(vol, path, compress=not str(path).endswith(".nrrd"))  # io: compressed NRRD fails its size check
+
+
+def test_one_file(run_dir, tmp_path, capsys):
+    src = _ct(tmp_path / "ct.nrrd")
+    rc = main(["predict", "-i", str(src), "-o", str(tmp_path / "seg.nii.gz"), "--model", str(run_dir)])
+    assert rc == 0, capsys.readouterr().err
+    assert "wrote" in capsys.readouterr().out
+    a, b = sitk.ReadImage(str(src)), sitk.ReadImage(str(tmp_path / "seg.nii.gz"))
+    assert a.GetSize() == b.GetSize() and b.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
+    assert read_volume(tmp_path / "seg.nii.gz").same_geometry(read_volume(src))
+
+
+def test_a_folder_with_probabilities_and_tta(run_dir, tmp_path, capsys):
+    for i in range(2):
+        _ct(tmp_path / "in" / f"case{i}.nii.gz", seed=i)
+    rc = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(run_dir),
+               "--save-probabilities", "--tta"])
+    assert rc == 0, capsys.readouterr().err
+    assert "2 predicted" in capsys.readouterr().out
+    for i in range(2):
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"case{i}.nii.gz")))
+        probs = np.load(tmp_path / "out" / f"case{i}_probabilities.npz")["probabilities"]
+        assert probs.shape == (3, *labels.shape) and probs.dtype == np.float16
+    rc = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(run_dir),
+               "--save-probabilities"])
+    assert rc == 0 and "2 already done" in capsys.readouterr().out
+
+
+def test_errors_are_one_line(run_dir, tmp_path, capsys):
+    _ct(tmp_path / "in" / "a.nii.gz")
+    _ct(tmp_path / "in" / "b.nii.gz")
+    assert main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "x.nii.gz"), "--model",
+                 str(run_dir)]) == 2
+    assert "give a folder as -o" in capsys.readouterr().err
+    assert main(["predict", "-i", str(tmp_path / "in" / "a.nii.gz"), "-o", str(tmp_path / "x.nii.gz"), "--model",
+                 str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "no such run folder" in err and "Traceback" not in err
+    (tmp_path / "in" / "c.nii.gz").write_bytes(b"garbage")
+    assert main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(run_dir)]) == 2
+    captured = capsys.readouterr()
+    assert "1 of 3 cases failed" in captured.err and "2 predicted" in captured.out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz"]
+
+
+def test_help(capsys):
+    assert main(["predict", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--input", "--output", "--model", "--device", "--tta", "--save-probabilities", "torchrun"):
+        assert option in out
