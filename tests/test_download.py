@@ -180,7 +180,7 @@ def test_download_layout_manifest_and_rerun_skips(hub, images, tmp_path):
         assert _dest(out, i).read_bytes() == images[i]
         assert not part_path(_dest(out, i)).exists()
     assert report.cases[0].checks == ["size", "gzip", "nifti"]
-    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
     assert manifest["cases"]["case_00001"]["sha256"] == hashlib.sha256(images[1]).hexdigest()
     assert sum(hub.count.values()) == 3
     ds = open_dataset(out)
@@ -298,7 +298,7 @@ def test_hub_redirect_headers_give_size_and_sha256(hub, images, tmp_path):
     assert report.cases[0].status == "downloaded"
     assert report.cases[0].checks == ["sha256", "size", "gzip", "nifti"]
     assert _dest(tmp_path, 0).read_bytes() == images[0]
-    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text(encoding="utf-8"))
     assert manifest["cases"]["case_00000"]["repo_commit"].startswith("0123456789")
     assert report.cases[1].status == "failed" and "SHA-256" in report.cases[1].reason
     assert not _dest(tmp_path, 1).exists()

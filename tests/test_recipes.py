@@ -50,7 +50,7 @@ def test_bad_values_are_refused_naming_the_key(override, key):
 
 
 def test_bad_recipe_file_names_the_key(tmp_path):
-    data = yaml.safe_load(recipe_path(DEFAULT_RECIPE).read_text())
+    data = yaml.safe_load(recipe_path(DEFAULT_RECIPE).read_text(encoding="utf-8"))
     data = apply_overrides(data, {"stages.localize.preprocess.intensity.scheme": "zscore!"})
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))

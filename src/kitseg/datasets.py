@@ -106,7 +106,7 @@ def read_spec(root: Path) -> tuple[DatasetSpec, dict]:
     """Read ``dataset.json`` (ours or nnU-Net's) into a DatasetSpec plus the raw dict."""
     path = root / "dataset.json"
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise KitsegError(f"unreadable dataset.json ({exc})", path) from None
     if not isinstance(raw, dict):

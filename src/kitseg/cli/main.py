@@ -11,7 +11,20 @@ import sys
 import click
 
 from kitseg import __version__
-from kitseg.cli import info
+from kitseg.cli import (
+    demo,
+    download,
+    evaluate,
+    fingerprint,
+    info,
+    nets,
+    predict,
+    preprocess,
+    recipes,
+    report,
+    synth,
+    train,
+)
 from kitseg.errors import KitsegError
 
 
@@ -23,7 +36,18 @@ def cli() -> None:
 
 # The explicit command registry. Add a command by writing its module and listing it here.
 COMMANDS = [
+    demo.demo,
+    download.download,
+    evaluate.evaluate,
+    fingerprint.fingerprint,
     info.info,
+    nets.nets,
+    predict.predict,
+    preprocess.preprocess,
+    recipes.recipes,
+    report.report,
+    synth.synth,
+    train.train,
 ]
 for _cmd in COMMANDS:
     cli.add_command(_cmd)

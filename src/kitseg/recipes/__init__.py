@@ -42,7 +42,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
     """Load, override and validate a recipe. Order: file, variant, --tiny, then --set overrides."""
     path = recipe_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise KitsegError(f"recipe is not valid YAML ({exc})", path) from None
     if not isinstance(data, dict):
