@@ -1,0 +1,436 @@
+"""Benchmark inference: sliding window vs MONAI, the cascade vs a single stage, seconds and RSS per case.
+
+Three parts (all on the CPU, networks with random weights: the figures are about time and memory,
+not accuracy):
+
+(a) ``--part sw``: ``kitseg.inference.sliding_window`` vs ``monai.inferers.sliding_window_inference``
+    on the same network, input, patch and overlap (Gaussian, sigma 0.125): max |difference| and
+    time, runs interleaved (ours, MONAI, ours, MONAI, ...), minimum per method reported.
+(b) ``--part cascade``: the default recipe (``kitseg_cascade``: 4 mm localizer + Zhang et al.'s
+    stage 2 on one box per kidney) vs a single-stage sliding window of the same stage-2 network
+    over the whole CT at the stage-2 spacing, on the smallest and the median KiTS19 geometry
+    (measured) and the largest (the single stage extrapolated from its window count and a measured
+    time per window, said so in the table).
+(c) ``--part cases``: seconds (read, predict, write) and peak RSS per case for the smallest,
+    median and largest KiTS19 geometry, tiny and paper-size networks, each in a fresh process.
+
+Inputs: the real KiTS19 label geometry (case_00061 29x512x512, case_00018 121x512x512, case_00005
+834x512x512) from ../shared, with a CT rendered from the label (``kitseg.synth.render_from_label``).
+With random weights the localizer's mask would be arbitrary, so in (b) and (c) stage 1 runs its
+network (timed) and then its mask is replaced by the ground-truth kidneys mapped onto its grid,
+standing in for a trained localizer (the crop boxes are those a trained stage 1 would give).
+
+    .venv/bin/python bench/bench_inference.py                  # everything (an hour or more on 2 cores)
+    .venv/bin/python bench/bench_inference.py --part sw --no-update
+
+Results: tables on stdout, JSON in bench/results/, and the section between
+``<!-- inference:start -->`` and ``<!-- inference:end -->`` of BENCHMARKS.md (parts not run this
+time keep their last figures from bench/results/inference.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+CACHE = RESULTS / "inference_inputs"
+MD = ROOT / "BENCHMARKS.md"
+START, END = "<!-- inference:start -->", "<!-- inference:end -->"
+SHARED = ROOT.parent / "shared" / "data" / "kits19"
+CASES = {"smallest": "case_00061", "median": "case_00018", "largest": "case_00005"}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process: on a shared machine a steadier figure than wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def fake_ct(case: str) -> Path:
+    """A CT rendered from the case's real KiTS19 label (cached under bench/results/)."""
+    out = CACHE / f"{case}_imaging.nii.gz"
+    if out.exists():
+        return out
+    label = SHARED / case / "segmentation.nii.gz"
+    if not label.exists():
+        raise SystemExit(f"{label} is absent: the benchmark needs ../shared/data/kits19")
+    code = ("import sys; from kitseg.synth import render_from_label; from kitseg.io import write_volume; "
+            f"write_volume(render_from_label({str(label)!r}, 0), {str(out)!r}); sys.stdout.flush(); "
+            "import os; os._exit(0)")
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env(2))
+    return out
+
+
+def _env(threads: int) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))
+
+
+def _fingerprint():
+    """Plausible CT statistics (the recipe's percentile z-score needs dataset statistics)."""
+    from kitseg.preprocessing.records import Fingerprint, IntensityStats
+
+    stats = IntensityStats(n_voxels=1, mean=-300.0, std=450.0, min=-1024.0, max=3071.0, p00_05=-1024.0,
+                           p00_5=-1000.0, p99_5=900.0, p99_95=1500.0)
+    roi = IntensityStats(n_voxels=1, mean=60.0, std=120.0, min=-1024.0, max=3071.0, p00_05=-900.0,
+                         p00_5=-200.0, p99_5=400.0, p99_95=900.0)
+    return Fingerprint(dataset="bench", n_cases=1, cases=[], median_spacing=(3.0, 0.8, 0.8),
+                       median_shape=(100.0, 512.0, 512.0), spacing_p10=(1.0, 0.7, 0.7),
+                       max_extent_mm=(500.0, 500.0, 500.0), class_fractions={},
+                       intensity={"image": stats, "roi": roi, "foreground": roi})
+
+
+def _recipe(tiny: bool, single: bool):
+    from kitseg.recipes import load_recipe
+    from kitseg.recipes.schema import Recipe
+
+    recipe = load_recipe("kitseg_cascade", tiny=tiny)
+    if not single:
+        return recipe
+    seg = recipe.stage("segment")
+    pre = seg.preprocess.model_copy(update={"roi": None})
+    seg = seg.model_copy(update={"inputs": ["ct"], "roi_from": None, "preprocess": pre})
+    data = recipe.model_dump()
+    data["stages"] = [seg.model_dump()]
+    return Recipe.model_validate(data)
+
+
+def _run(recipe, seed: int = 0):
+    import torch
+
+    from kitseg.datasets import KITS19
+    from kitseg.inference import LoadedRun
+    from kitseg.nets import build_network
+
+    torch.manual_seed(seed)
+    models = {s.name: [build_network(s.network.name, s.in_channels, s.target.out_channels,
+                                     **s.network.params).eval()] for s in recipe.stages}
+    return LoadedRun(recipe, KITS19, _fingerprint(), models)
+
+
+def _oracle_localizer(label_path: Path):
+    """Make stage 'localize' return the ground-truth kidneys on its grid (after running its network)."""
+    import numpy as np
+
+    from kitseg.inference import cascade
+    from kitseg.inference.mapping import to_entry_grid
+    from kitseg.io import read_label
+
+    gt = read_label(label_path).array > 0
+    original = cascade._labels
+
+    def labels(probs, stage, ct, record):
+        if stage.name == "localize":
+            return to_entry_grid(gt, record).astype(np.uint8)
+        return original(probs, stage, ct, record)
+
+    cascade._labels = labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (each in a fresh process)
+# ---------------------------------------------------------------------------------------------
+def worker_sw(net: str, shape, patch, overlap: float, reps: int) -> dict:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from kitseg.inference.sliding import count_windows, sliding_window
+    from kitseg.nets import build_network
+
+    torch.manual_seed(0)
+    params = {"paper": {"base_features": 30, "pool_counts": (3, 5, 5)},
+              "tiny": {"base_features": 8, "pool_counts": (2, 3, 3)}}[net]
+    model = build_network("resunet_ds_zhang", 2, 3, **params).eval()
+
+    def predictor(x):
+        return torch.softmax(model(x), 1)
+
+    img = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        predictor(img[None, :, :patch[0], :patch[1], :patch[2]])  # warm-up
+    times = {"ours": [], "monai": []}
+    ours = ref = None
+    for _ in range(reps):
+        for method in ("ours", "monai"):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                if method == "ours":
+                    ours = sliding_window(img, predictor, patch, overlap)
+                else:
+                    ref = sliding_window_inference(img[None], patch, 1, predictor, overlap, mode="gaussian",
+                                                   sigma_scale=0.125)[0]
+            times[method].append(time.perf_counter() - t0)
+    diff = float((ours - ref).abs().max())
+    return {"net": net, "shape": list(shape), "patch": list(patch), "overlap": overlap,
+            "windows": count_windows(shape, patch, overlap), "ours_s": times["ours"], "monai_s": times["monai"],
+            "max_abs_diff": diff}
+
+
+def worker_case(case: str, tiny: bool, single: bool, out_dir: Path) -> dict:
+    import torch
+
+    from kitseg.inference import CaseTimings, predict_case
+    from kitseg.io import read_volume, write_volume
+
+    rss0 = _rss_mb()
+    recipe = _recipe(tiny, single)
+    run = _run(recipe)
+    if not single:
+        _oracle_localizer(SHARED / case / "segmentation.nii.gz")
+    c0 = _cpu_s()
+    t0 = time.perf_counter()
+    ct = read_volume(fake_ct(case))
+    t1 = time.perf_counter()
+    timings = CaseTimings()
+    pred = predict_case(ct, run, timings=timings)
+    t2 = time.perf_counter()
+    write_volume(pred, out_dir / f"{case}_{'tiny' if tiny else 'paper'}_{'single' if single else 'cascade'}.nii.gz")
+    t3 = time.perf_counter()
+    return {"case": case, "shape": list(ct.shape), "spacing": [round(s, 3) for s in ct.spacing], "tiny": tiny,
+            "single": single, "read_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2, "total_s": t3 - t0,
+            "cpu_s": _cpu_s() - c0, "stages_s": timings.stages, "windows": timings.windows,
+            "peak_rss_mb": round(_rss_mb()),
+            "rss_before_mb": round(rss0), "threads": torch.get_num_threads()}
+
+
+def worker_window(tiny: bool, reps: int) -> dict:
+    """Seconds per window of the stage-2 network (the single-stage extrapolation)."""
+    import torch
+
+    recipe = _recipe(tiny, True)
+    stage = recipe.stages[0]
+    model = _run(recipe).models[stage.name][0]
+    x = torch.randn(1, stage.in_channels, *stage.patch_size)
+    with torch.inference_mode():
+        model(x)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.softmax(model(x), 1)
+            best = min(best, time.perf_counter() - t0)
+    return {"tiny": tiny, "patch": stage.patch_size, "window_s": best}
+
+
+def single_windows(case: str, tiny: bool) -> int:
+    """Windows of the single-stage sliding window over the whole CT at the stage-2 spacing (no image read)."""
+    import nibabel as nib
+
+    from kitseg.inference.sliding import count_windows
+    from kitseg.preprocessing.resample import shape_for_spacing
+
+    stage = _recipe(tiny, True).stages[0]
+    img = nib.load(SHARED / case / "segmentation.nii.gz")
+    shape, zooms = img.shape, img.header.get_zooms()  # KiTS19 files: (slices, 512, 512)
+    grid = shape_for_spacing(shape, zooms, stage.preprocess.target_spacing)
+    return count_windows(grid, stage.patch_size, stage.inference.overlap)
+
+
+def spawn(args: list[str], threads: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args, "--threads", str(threads)], capture_output=True,
+                          text=True, env=_env(threads))
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {args} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts and report
+# ---------------------------------------------------------------------------------------------
+def part_sw(args) -> list[dict]:
+    rows = []
+    for net, shape, patch, reps in (("tiny", (96, 192, 192), (32, 64, 64), 3),
+                                    ("paper", (60, 160, 160), (40, 128, 128), args.reps)):
+        rows.append(spawn(["--worker", "sw", "--net", net, "--shape", *map(str, shape), "--patch",
+                           *map(str, patch), "--reps", str(reps)], args.threads))
+        print(table_sw(rows[-1:]), flush=True)
+    return rows
+
+
+def part_cases(args, kinds=("tiny", "paper"), cases=("smallest", "median", "largest")) -> list[dict]:
+    rows = []
+    for kind in kinds:
+        for which in cases:
+            fake_ct(CASES[which])
+            r = spawn(["--worker", "case", "--case", CASES[which], *(["--tiny"] if kind == "tiny" else [])],
+                      args.threads)
+            r["which"] = which
+            rows.append(r)
+            print(table_cases(rows[-1:]), flush=True)
+    return rows
+
+
+def part_cascade(args, case_rows: list[dict]) -> list[dict]:
+    per_window = spawn(["--worker", "window", "--reps", "3"], args.threads)["window_s"]
+    rows = []
+    for which in ("smallest", "median", "largest"):
+        case = CASES[which]
+        cascade = next((r for r in case_rows if r["case"] == case and not r["tiny"] and not r["single"]), None)
+        if cascade is None:
+            fake_ct(case)
+            cascade = spawn(["--worker", "case", "--case", case], args.threads)
+        n = single_windows(case, False)
+        row = {"which": which, "case": case, "shape": cascade["shape"], "cascade_s": cascade["predict_s"],
+               "cascade_windows": cascade["windows"], "single_windows": n, "window_s": per_window}
+        if which == "largest" or n > args.max_single_windows:
+            row.update(single_s=n * per_window, single_measured=False)
+        else:
+            single = spawn(["--worker", "case", "--case", case, "--single"], args.threads)
+            row.update(single_s=single["predict_s"], single_measured=True, single_rss_mb=single["peak_rss_mb"])
+        row["ratio"] = row["cascade_s"] / row["single_s"]
+        rows.append(row)
+        print(table_cascade(rows[-1:]), flush=True)
+    return rows
+
+
+def table_sw(rows) -> str:
+    lines = ["| network | input (C, z, y, x) | patch | windows | ours s | MONAI s | ratio | max abs diff |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o, m = min(r["ours_s"]), min(r["monai_s"])
+        lines.append(f"| resunet_ds_zhang {r['net']} | (2, {', '.join(map(str, r['shape']))}) | "
+                     f"{'x'.join(map(str, r['patch']))} | {r['windows']} | {o:.2f} | {m:.2f} | {o / m:.3f} | "
+                     f"{r['max_abs_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def table_cascade(rows) -> str:
+    lines = ["| case | shape | cascade s (windows) | single stage s (windows) | ratio |", "|---|---|---|---|---|"]
+    for r in rows:
+        w = ", ".join(f"{k} {v}" for k, v in r["cascade_windows"].items())
+        how = "measured" if r["single_measured"] else f"extrapolated: {r['single_windows']} x {r['window_s']:.2f} s"
+        lines.append(f"| {r['which']} {r['case']} | {'x'.join(map(str, r['shape']))} | {r['cascade_s']:.1f} ({w}) | "
+                     f"{r['single_s']:.1f} ({r['single_windows']}; {how}) | {r['ratio']:.3f} |")
+    return "\n".join(lines)
+
+
+def table_cases(rows) -> str:
+    lines = ["| case | shape | networks | total s | read s | predict s (per stage) | write s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        st = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())
+        lines.append(f"| {r['which']} {r['case']} | {'x'.join(map(str, r['shape']))} | "
+                     f"{'tiny' if r['tiny'] else 'paper-size'} | {r['total_s']:.1f} | {r['read_s']:.1f} | "
+                     f"{r['predict_s']:.1f} ({st}) | {r['write_s']:.1f} | {r['peak_rss_mb']} |")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)),
+            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+            "load_avg_1min": round(os.getloadavg()[0], 2)}
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    out = ["## Inference: sliding window, cascade, seconds and memory per case", "",
+           f"{res['date']}; machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, Python {m['python']}, "
+           f"{res['threads']} torch threads; 1-minute load average {m['load_avg_1min']} at the start, "
+           f"{res.get('load_end', '?')} at the end (a shared machine: other jobs ran beside this one, so times are "
+           "upper bounds). Networks have random weights (timing only).",
+           f"Command: `{res['command']}`", ""]
+    if res.get("sw"):
+        out += ["**(a) Sliding window, ours vs MONAI** (same network, input, patch, overlap 0.5, Gaussian sigma "
+                "0.125; minimum of interleaved runs):", "", table_sw(res["sw"]), ""]
+    if res.get("cascade"):
+        out += ["**(b) Cascade vs single stage** (`kitseg_cascade`, paper-size networks; single stage = the same "
+                "stage-2 network, one input channel, Gaussian sliding window over the whole CT at 3.22 x 1.62 x "
+                "1.62 mm; cascade = 4 mm localizer + one box per kidney; predict time, read/write excluded):", "",
+                table_cascade(res["cascade"]), ""]
+    if res.get("cases"):
+        out += ["**(c) Seconds and peak RSS per case** (`kitseg_cascade`, read + predict + write in a fresh process; "
+                "tiny = the recipe's `--tiny` networks):", "", table_cases(res["cases"]), ""]
+        med = next((r for r in res["cases"] if r["which"] == "median" and not r["tiny"]), None)
+        if med:
+            out.append(f"Default recipe, paper-size networks, median KiTS19 geometry: **{med['total_s']:.0f} s** "
+                       f"per case on {m['cores']} cores (goal: under 120 s).")
+    return "\n".join(out).rstrip()
+
+
+def update_markdown(text: str) -> None:
+    section = f"{START}\n{text}\n{END}"
+    old = MD.read_text(encoding="utf-8") if MD.exists() else "# Benchmarks\n\nFigures measured by the scripts in bench/.\n"
+    if START in old and END in old:
+        new = old[:old.index(START)] + section + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    tmp = MD.with_name(".BENCHMARKS.md.part")
+    tmp.write_text(new)
+    os.replace(tmp, MD)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", nargs="+", choices=("sw", "cascade", "cases"), default=["sw", "cases", "cascade"])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--reps", type=int, default=2, help="interleaved repetitions of the paper-size sliding window")
+    ap.add_argument("--max-single-windows", type=int, default=400,
+                    help="extrapolate a single-stage run with more windows than this (default 400)")
+    ap.add_argument("--no-update", action="store_true", help="do not rewrite the section of BENCHMARKS.md")
+    ap.add_argument("--worker", choices=("sw", "case", "window"), help=argparse.SUPPRESS)
+    ap.add_argument("--net", default="paper", help=argparse.SUPPRESS)
+    ap.add_argument("--shape", type=int, nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--patch", type=int, nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        if args.worker == "sw":
+            res = worker_sw(args.net, args.shape, args.patch, 0.5, args.reps)
+        elif args.worker == "case":
+            out_dir = RESULTS / "inference_outputs"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            res = worker_case(args.case, args.tiny, args.single, out_dir)
+        else:
+            res = worker_window(args.tiny, args.reps)
+        print(json.dumps(res))
+        sys.stdout.flush()
+        os._exit(0)  # skip interpreter teardown (native libraries' exit handlers)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "inference.json"
+    res = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    res.update(date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine=machine(), threads=args.threads,
+               command="python bench/bench_inference.py " + " ".join(sys.argv[1:]))
+    if "sw" in args.part:
+        res["sw"] = part_sw(args)
+    if "cases" in args.part:
+        res["cases"] = part_cases(args)
+    if "cascade" in args.part:
+        res["cascade"] = part_cascade(args, res.get("cases", []) if "cases" in args.part else [])
+    res["load_end"] = round(os.getloadavg()[0], 2)
+    path.write_text(json.dumps(res, indent=1))
+    text = markdown(res)
+    print(text)
+    if not args.no_update:
+        update_markdown(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Benchmark: per-case evaluation time (Dice, Surface Dice, HD95, MSD for kidney and tumor) on a large real
+KiTS19 label map, kitseg vs MONAI's metric functions.
+
+The ground truth is ../shared/data/kits19/case_00005 (834 x 512 x 512 at 0.5 x 0.98 x 0.98 mm, the largest
+there); the prediction is that label map with the kidney dilated by one voxel and the tumor eroded by one,
+and optionally with a small far-away false positive in a corner of the scan (which makes the box around
+both masks the whole scan). MONAI gets each region as one-hot tensors cropped to the box around both
+masks (its functions crop again inside); import times are excluded.
+
+    .venv/bin/python bench/bench_metrics.py              # updates BENCHMARKS.md
+    .venv/bin/python bench/bench_metrics.py --no-update
+
+Results: a table on stdout, JSON in bench/results/, and the section between ``<!-- metrics:start -->``
+and ``<!-- metrics:end -->`` of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE = ROOT.parent / "shared" / "data" / "kits19" / "case_00005" / "segmentation.nii.gz"
+RESULTS, MD = ROOT / "bench" / "results", ROOT / "BENCHMARKS.md"
+START, END = "<!-- metrics:start -->", "<!-- metrics:end -->"
+REGIONS = {"kidney": [1, 2], "tumor": [2]}
+TOL = {"kidney": 1.0331, "tumor": 1.1498}
+
+
+def _prediction(gt: np.ndarray, far: bool) -> np.ndarray:
+    pred = gt.copy()
+    pred[ndimage.binary_dilation(gt > 0) & (gt == 0)] = 1
+    pred[(gt == 2) & ~ndimage.binary_erosion(gt == 2)] = 1
+    if far:
+        pred[:3, :4, :4] = 1
+    return pred
+
+
+def _ours(pred, gt, spacing) -> tuple[float, dict]:
+    from kitseg.metrics import region_scores
+    from kitseg.metrics.surface import _area_table
+
+    _area_table(tuple(spacing))  # imports MONAI's table code: not timed
+    t = time.perf_counter()
+    scores = region_scores(pred, gt, spacing, REGIONS, TOL)
+    return time.perf_counter() - t, scores
+
+
+def _monai(pred, gt, spacing) -> tuple[float, dict]:
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
+
+    from kitseg.postprocessing import bbox
+
+    t = time.perf_counter()
+    box = bbox((pred > 0) | (gt > 0), margin=1)
+    out = {}
+    for name, labels in REGIONS.items():
+        p, g = np.isin(pred[box], labels), np.isin(gt[box], labels)
+
+        def onehot(m):
+            x = torch.from_numpy(m.astype(np.float32))[None, None]
+            return torch.cat([1 - x, x], 1)
+
+        sp = [float(s) for s in spacing]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[name] = {
+                "hd95_mm": float(compute_hausdorff_distance(onehot(p), onehot(g), percentile=95, spacing=sp)),
+                "msd_mm": float(compute_average_surface_distance(onehot(p), onehot(g), symmetric=True, spacing=sp)),
+                "surface_dice": float(compute_surface_dice(onehot(p), onehot(g), [TOL[name]], spacing=sp,
+                                                           use_subvoxels=True)),
+            }
+    return time.perf_counter() - t, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md")
+    args = ap.parse_args()
+    from kitseg.io import read_label
+
+    vol = read_label(CASE)
+    gt, spacing = vol.array, vol.spacing
+    rows = []
+    for far in (False, True):
+        pred = _prediction(gt, far)
+        t_ours, ours = _ours(pred, gt, spacing)
+        t_monai, monai = _monai(pred, gt, spacing)
+        diff = max(abs(ours[r][k] - monai[r][k]) for r in REGIONS for k in ("hd95_mm", "msd_mm", "surface_dice"))
+        rows.append({"prediction": "dilated kidney, eroded tumor" + (" + far false positive" if far else ""),
+                     "kitseg_s": round(t_ours, 2), "monai_s": round(t_monai, 2), "max_abs_difference": diff})
+        print(rows[-1], flush=True)
+    info = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
+            "cores": len(os.sched_getaffinity(0)), "load_avg_1min": round(os.getloadavg()[0], 2),
+            "volume": f"{gt.shape} at {tuple(round(s, 3) for s in spacing)} mm", "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "metrics.json").write_text(json.dumps(info, indent=2) + "\n")
+    if args.no_update:
+        return
+    lines = [START, "## Evaluation: surface metrics per case", "",
+             f"{info['date']}; {info['cores']} cores, Python {info['python']}; 1-minute load average "
+             f"{info['load_avg_1min']} at the start (a shared machine).",
+             "Command: `python bench/bench_metrics.py`", "",
+             f"KiTS19 case_00005 ground truth, {info['volume']}; kidney and tumor regions; Surface Dice at the "
+             "KiTS23 tolerances, HD95 and mean surface distance. MONAI: compute_hausdorff_distance, "
+             "compute_average_surface_distance, compute_surface_dice(use_subvoxels=True) on the box around both "
+             "masks.", "", "| prediction | kitseg s | MONAI s | largest difference |", "|---|---|---|---|"]
+    lines += [f"| {r['prediction']} | {r['kitseg_s']} | {r['monai_s']} | {r['max_abs_difference']:.2g} |" for r in rows]
+    lines.append(END)
+    text = MD.read_text(encoding="utf-8") if MD.exists() else "# Benchmarks\n"
+    if START in text:
+        text = text[:text.index(START)] + "\n".join(lines) + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+    MD.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
