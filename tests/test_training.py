@@ -183,6 +183,41 @@ def test_spatial_transform_geometry():
     assert all(s >= p and (s - p) % 2 == 0 for s, p in zip(size, (8, 16, 16))) and size != (8, 16, 16)
 
 
+def test_prior_degradation_coarsens_and_moves_the_edge_like_a_stage_1_mask():
+    mask = np.zeros((20, 40, 40), np.float32)
+    mask[4:15, 9:31, 11:28] = 1
+    spacing = (2.0, 1.0, 1.0)
+    assert aug.degrade_prior(mask, aug.NONE, spacing) is mask  # not drawn: untouched
+    coarse = aug.degrade_prior(mask, aug.AugParams(prior_block=(2, 4, 4), prior_phase=(1, 2, 3)), spacing)
+    assert coarse.dtype == np.float32 and coarse.shape == mask.shape and set(np.unique(coarse)) == {0.0, 1.0}
+    # constant on every block of the shifted 2 x 4 x 4 grid, and still about the same object
+    blocks = np.pad(coarse, ((1, 1), (2, 2), (3, 1))).reshape(11, 2, 11, 4, 11, 4)
+    assert (blocks.min(axis=(1, 3, 5)) == blocks.max(axis=(1, 3, 5))).all()
+    assert not np.array_equal(coarse, mask) and abs(coarse.sum() - mask.sum()) < 0.3 * mask.sum()
+    grown = aug.degrade_prior(mask, aug.AugParams(prior_block=(1, 1, 1), prior_radius_mm=3.0), spacing)
+    shrunk = aug.degrade_prior(mask, aug.AugParams(prior_block=(1, 1, 1), prior_radius_mm=-3.0), spacing)
+    assert (grown >= mask).all() and (shrunk <= mask).all()
+    # 3 mm is 1 slice (2 mm) and 3 rows/columns (1 mm): the box grows by that on each side
+    zs, ys, xs = (np.flatnonzero(grown.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    assert (zs[0], zs[-1], ys[0], ys[-1], xs[0], xs[-1]) == (3, 15, 6, 33, 8, 30)
+    assert shrunk.sum() == (11 - 2) * (22 - 6) * (17 - 6)
+    # drawn with its probability, and only priors are touched: the CT channel and the target are not
+    spec = AugmentSpec(prior_degrade=0.5, prior_coarse_mm=4.0, prior_morph_mm=3.0)
+    draws = [aug.sample_params(spec, np.random.default_rng(i), 3, (4.0, 1.0, 1.0)) for i in range(200)]
+    picked = [d for d in draws if d.prior_block is not None]
+    assert 70 < len(picked) < 130 and all(d.prior_block == (1, 4, 4) for d in picked)
+    assert all(abs(d.prior_radius_mm) <= 3.0 for d in picked)
+    img, lab = make_case((16, 32, 32), seed=0)
+    case = make_train_case("c", img, lab, (3.0, 1.5, 1.5), KITS)
+    stage = _tiny_recipe_obj().stage("segment")
+    g3 = Geometry("patch", 3, (8, 16, 16))
+    plain_x, plain_y = make_sample(case, Draw(0, (8, 16, 16)), g3, stage, {"localize": LOCALIZE})
+    params = aug.AugParams(prior_block=(1, 4, 4), prior_phase=(0, 1, 2), prior_radius_mm=2.0)
+    x, y = make_sample(case, Draw(0, (8, 16, 16), aug=params), g3, stage, {"localize": LOCALIZE})
+    assert np.array_equal(x[0], plain_x[0]) and np.array_equal(y, plain_y)
+    assert not np.array_equal(x[1], plain_x[1])
+
+
 def test_make_sample_flips_and_25d_channel_order():
     img, lab = make_case((16, 32, 32), seed=0)
     case = make_train_case("c", img, lab, (3.0, 1.5, 1.5), KITS)

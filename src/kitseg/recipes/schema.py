@@ -107,6 +107,13 @@ class AugmentSpec(_Strict):
     intensity_scale: float = Field(0.0, ge=0)  # +- relative
     intensity_shift: float = Field(0.0, ge=0)  # +- in normalised units
     probability: float = Field(0.2, ge=0, le=1)  # per spatial transform
+    # Spatial-prior degradation (mask:/prob:/masked_ct: inputs): training derives the prior from the
+    # ground truth, inference gets an earlier stage's coarser, imperfect output. With probability
+    # prior_degrade the prior is made like one: coarsened to blocks of prior_coarse_mm (random phase),
+    # then dilated or eroded by up to prior_morph_mm.
+    prior_degrade: float = Field(0.0, ge=0, le=1)
+    prior_coarse_mm: float = Field(4.0, gt=0)
+    prior_morph_mm: float = Field(0.0, ge=0)
 
 
 class InferenceSpec(_Strict):

@@ -17,7 +17,12 @@ Transforms (``AugmentSpec``) and where they come from:
   random cropping (the sampler's random patch position): ResUNet/VNet section 3.1, FCN-PPM III.B.2;
 - Gaussian blur (sigma U(0.5, 1.5) voxels) and histogram equalization with their probabilities
   (ResUNet/VNet section 3.1: "histogram averaging and Gaussian blurring");
-- intensity scale x (1 + U(-s, s)) and shift + U(-t, t) on the CT channel (nnU-Net-style).
+- intensity scale x (1 + U(-s, s)) and shift + U(-t, t) on the CT channel (nnU-Net-style);
+- spatial-prior degradation (``prior_degrade``, ours): a cascade's later stage is trained with a
+  prior made from the ground truth but predicts with an earlier stage's coarse, imperfect mask; a
+  network that has only seen perfect priors copies the prior's blocky edges and errors. With this
+  probability the prior is coarsened to blocks of ``prior_coarse_mm`` (the earlier stage's grid,
+  random phase) and dilated or eroded by U(-prior_morph_mm, prior_morph_mm).
 
 Rotation, zoom and the intensity scale/shift are each applied with probability ``probability``.
 """
@@ -47,6 +52,9 @@ class AugParams:
     hist_eq: bool = False
     scale: float = 1.0
     shift: float = 0.0
+    prior_block: tuple[int, int, int] | None = None  # coarsening block (voxels); None: prior untouched
+    prior_phase: tuple[int, int, int] = (0, 0, 0)
+    prior_radius_mm: float = 0.0  # > 0 dilate, < 0 erode
 
 
 NONE = AugParams()
@@ -73,6 +81,7 @@ def sample_params(spec: AugmentSpec, rng: np.random.Generator, dims: int = 3,
     flip_u = rng.random(3)
     sigma = rng.uniform(0.5, 1.5)
     i_scale, i_shift = rng.uniform(-1.0, 1.0, 2)
+    prior_u, phase_u, morph_u = rng.random(), rng.random(3), rng.uniform(-1.0, 1.0)
 
     if dims == 2:  # 2D networks: rotate in-plane only, keep the slice axis
         angles[1:] = 0.0
@@ -89,6 +98,9 @@ def sample_params(spec: AugmentSpec, rng: np.random.Generator, dims: int = 3,
             m[0, 0] = 1.0
         matrix = tuple(tuple(float(v) for v in row) for row in m)
     intensity = u[2] < spec.probability
+    block = None
+    if prior_u < spec.prior_degrade:
+        block = tuple(max(1, int(round(spec.prior_coarse_mm / float(s)))) for s in spacing)
     return AugParams(
         matrix=matrix,
         translate=tuple(int(round(t / s)) for t, s in zip(trans, spacing)),
@@ -97,6 +109,9 @@ def sample_params(spec: AugmentSpec, rng: np.random.Generator, dims: int = 3,
         hist_eq=bool(u[4] < spec.histogram_equalization),
         scale=float(1.0 + i_scale * spec.intensity_scale) if intensity else 1.0,
         shift=float(i_shift * spec.intensity_shift) if intensity else 0.0,
+        prior_block=block,  # type: ignore[arg-type]
+        prior_phase=tuple(int(p * b) for p, b in zip(phase_u, block)) if block else (0, 0, 0),  # type: ignore
+        prior_radius_mm=float(morph_u * spec.prior_morph_mm) if block else 0.0,
     )
 
 
@@ -156,6 +171,36 @@ def apply_intensity(ct: np.ndarray, params: AugParams, dims: int = 3) -> np.ndar
     if params.scale != 1.0 or params.shift != 0.0:
         out = out * np.float32(params.scale) + np.float32(params.shift)
     return np.asarray(out, np.float32)
+
+
+def degrade_prior(prior: np.ndarray, params: AugParams, spacing: Sequence[float]) -> np.ndarray:
+    """A ground-truth prior mask made to look like an earlier stage's output (``prior_block`` set).
+
+    Blocks of ``prior_block`` voxels (offset by ``prior_phase``) become foreground when at least
+    half their voxels are, then the mask is dilated (radius > 0) or eroded (< 0) by an ellipsoid of
+    ``|prior_radius_mm|`` mm. Returns float32 0/1 of the input's shape.
+    """
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    if params.prior_block is None:
+        return prior
+    mask = np.asarray(prior) > 0.5
+    block, phase = params.prior_block, params.prior_phase
+    if any(b > 1 for b in block):
+        pads = [(p, (-(n + p)) % b) for n, b, p in zip(mask.shape, block, phase)]
+        padded = np.pad(mask, pads).astype(np.float32)
+        n = [s // b for s, b in zip(padded.shape, block)]
+        coarse = padded.reshape(n[0], block[0], n[1], block[1], n[2], block[2]).mean(axis=(1, 3, 5)) >= 0.5
+        fine = coarse.repeat(block[0], 0).repeat(block[1], 1).repeat(block[2], 2)
+        mask = fine[tuple(slice(p, p + s) for (p, _), s in zip(pads, mask.shape))]
+    radius = abs(params.prior_radius_mm)
+    r_vox = [int(radius // float(s)) for s in spacing]
+    if any(r_vox) and mask.any():
+        grid = np.ogrid[tuple(slice(-r, r + 1) for r in r_vox)]
+        ball = sum((g * float(s) / max(radius, 1e-6)) ** 2 for g, s in zip(grid, spacing)) <= 1.0
+        op = binary_dilation if params.prior_radius_mm > 0 else binary_erosion
+        mask = op(mask, structure=ball)
+    return mask.astype(np.float32)
 
 
 def equalize_histogram(ct: np.ndarray, bins: int = 256) -> np.ndarray:

@@ -268,7 +268,10 @@ def make_sample(case: TrainCase, draw: Draw, geometry: Geometry, stage: Stage,
     ct, lab = aug.apply_spatial(ct, lab, draw.aug, patch)
     ct, lab = aug.apply_flips([ct, lab], draw.aug)
     ct = aug.apply_intensity(ct, draw.aug, geometry.dims)
-    x = assemble_inputs(ct, priors_from_label(lab, stage, targets), stage, case.background)
+    priors = priors_from_label(lab, stage, targets)
+    if draw.aug.prior_block is not None:
+        priors = {k: aug.degrade_prior(v, draw.aug, case.spacing) for k, v in priors.items()}
+    x = assemble_inputs(ct, priors, stage, case.background)
     y = make_target(lab, stage.target)
     if geometry.dims == 2:
         k = geometry.slices // 2
