@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import matplotlib.image as mpimg
 import nibabel as nib
 import numpy as np
 import pytest
@@ -279,3 +280,14 @@ def test_cli_synth_out_dir_is_a_file(tmp_path, capsys):
     f.write_text("x")
     assert main(["synth", str(f), "--cases", "1", "--size", "tiny", "--no-progress"]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_cli_preview_with_a_real_reference_ct_adds_a_row(tmp_path):
+    ref = shared_path("data", "real_ct", "example_ct_sm.nii.gz")
+    out = tmp_path / "ds"
+    assert main(["synth", str(out), "--cases", "1", "--size", "tiny", "--preview", "--no-progress"]) == 0
+    plain = mpimg.imread(out / "preview.png")
+    assert main(["synth", str(out), "--cases", "1", "--size", "tiny", "--preview", "--reference", str(ref),
+                 "--no-progress"]) == 0
+    with_ref = mpimg.imread(out / "preview.png")
+    assert with_ref.shape[0] > plain.shape[0] * 1.5  # one more row of slices

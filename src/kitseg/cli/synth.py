@@ -24,9 +24,12 @@ import click
               help="With --from-masks: divide the in-plane size by this factor (labels by majority vote).")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes (default: up to 2).")
 @click.option("--preview", is_flag=True, help="Also write OUT_DIR/preview.png (slices with label contours).")
+@click.option("--reference", type=click.Path(exists=True, path_type=Path), default=None,
+              help="With --preview: a real CT shown in the first row, in the same window, for comparison.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def synth(out_dir: Path, cases: int | None, seed: int, size: str, layout: str, geometry: str,
-          from_masks: Path | None, downsample: int, workers: int | None, preview: bool, no_progress: bool) -> None:
+          from_masks: Path | None, downsample: int, workers: int | None, preview: bool, reference: Path | None,
+          no_progress: bool) -> None:
     """Write a synthetic abdominal CT dataset with kidneys, tumors and cysts to OUT_DIR.
 
     Cases are case_XXXXX/imaging.nii.gz + segmentation.nii.gz with dataset.json and synth.json
@@ -39,4 +42,4 @@ def synth(out_dir: Path, cases: int | None, seed: int, size: str, layout: str, g
                          progress=not no_progress, geometry=geometry, downsample=downsample, workers=workers)
     click.echo(f"wrote {len(paths)} cases to {out_dir}")
     if preview:
-        click.echo(f"wrote {write_preview(out_dir, out_dir / 'preview.png')}")
+        click.echo(f"wrote {write_preview(out_dir, out_dir / 'preview.png', reference=reference)}")
