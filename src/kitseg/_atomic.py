@@ -16,6 +16,16 @@ from pathlib import Path
 from kitseg.errors import KitsegError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; a finished file gets the mode open() would give it (0644 under umask 022).
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
@@ -28,6 +38,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+        os.fchmod(fd, FILE_MODE)
         os.close(fd)
     except OSError as exc:
         raise KitsegError(f"cannot write here: {exc.strerror or exc}", path.parent) from exc

@@ -96,7 +96,10 @@ _KITS_CASE = re.compile(r"^case_\d{5}$")
 
 def _safe_child(root: Path, rel: str, what: str) -> Path:
     """Resolve a path named in dataset.json, refusing anything that escapes the dataset folder."""
-    p = (root / rel).resolve()
+    try:
+        p = (root / rel).resolve()
+    except (OSError, ValueError):  # a NUL byte, a symlink loop
+        raise KitsegError(f"{what} path {rel!r} is not a usable path", root / "dataset.json") from None
     if Path(rel).is_absolute() or not p.is_relative_to(root.resolve()):
         raise KitsegError(f"{what} path {rel!r} escapes the dataset folder", root / "dataset.json")
     return p
@@ -112,16 +115,23 @@ def read_spec(root: Path) -> tuple[DatasetSpec, dict]:
     if not isinstance(raw, dict):
         raise KitsegError("dataset.json must hold a JSON object", path)
     labels = raw.get("labels", KITS19.labels)
-    if labels and all(str(k).isdigit() for k in labels):  # MSD style {"0": "background", ...}
-        labels = {str(v): int(k) for k, v in labels.items()}
     regions = raw.get("regions")
-    if regions is None:
-        # nnU-Net v2 region syntax: {"kidney": [1, 2], ...} inside labels; plain ints are labels.
-        regions = {k: list(v) for k, v in labels.items() if isinstance(v, list)}
-        labels = {k: v for k, v in labels.items() if not isinstance(v, list)}
-        if not regions:
-            regions = {k: ([v] if k != "kidney" else [x for x in labels.values() if x > 0])
-                       for k, v in labels.items() if v > 0}
+    if not isinstance(labels, dict) or not isinstance(regions, (dict, type(None))):
+        raise KitsegError('dataset.json "labels" (and "regions") must be objects, e.g. '
+                          '{"labels": {"background": 0, "kidney": 1, "tumor": 2}}', path)
+    try:
+        if labels and all(str(k).isdigit() for k in labels):  # MSD style {"0": "background", ...}
+            labels = {str(v): int(k) for k, v in labels.items()}
+        if regions is None:
+            # nnU-Net v2 region syntax: {"kidney": [1, 2], ...} inside labels; plain ints are labels.
+            regions = {k: list(v) for k, v in labels.items() if isinstance(v, list)}
+            labels = {k: v for k, v in labels.items() if not isinstance(v, list)}
+            if not regions:
+                regions = {k: ([v] if k != "kidney" else [x for x in labels.values() if x > 0])
+                           for k, v in labels.items() if v > 0}
+    except (TypeError, ValueError) as exc:  # e.g. a label value that is not a number
+        raise KitsegError(f'dataset.json "labels" are malformed ({exc}); expected names mapped to label values',
+                          path) from None
     try:
         spec = DatasetSpec(name=str(raw.get("name", root.name)), labels=labels, regions=regions,
                            layout=raw.get("layout", "nnunet" if (root / "imagesTr").is_dir() else "kits"),
@@ -170,7 +180,12 @@ def _kits_cases(root: Path) -> list[Case]:
 def _nnunet_cases(root: Path, raw: dict, spec: DatasetSpec) -> list[Case]:
     if raw.get("training"):  # MSD: explicit list of {"image": ..., "label": ...}
         cases = []
-        for item in raw["training"]:
+        items = raw["training"]
+        for item in items if isinstance(items, list) else [items]:
+            if not (isinstance(item, dict) and isinstance(item.get("image"), str)
+                    and isinstance(item.get("label"), (str, type(None)))):
+                raise KitsegError(f'dataset.json "training" must list {{"image": path, "label": path}} objects, got '
+                                  f"{json.dumps(item)[:80]}", root / "dataset.json")
             image = _safe_child(root, item["image"], "image")
             label = _safe_child(root, item["label"], "label") if item.get("label") else None
             cid = Path(item["image"]).name.removesuffix(spec.file_ending)

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,11 @@ def from_sitk(img: sitk.Image, path: str | Path | None = None) -> Volume:
             f"expected one value per voxel, got {img.GetNumberOfComponentsPerPixel()} (a colour or vector image)",
             path)
     dir_xyz = np.array(img.GetDirection(), dtype=float).reshape(3, 3)  # columns: x, y, z axes
+    spacing, origin = np.array(img.GetSpacing(), dtype=float), np.array(img.GetOrigin(), dtype=float)
+    if not (np.isfinite(spacing).all() and spacing.min() > 0 and np.isfinite(origin).all()
+            and np.isfinite(dir_xyz).all()):
+        raise KitsegError(f"the header's geometry is invalid (spacing {tuple(spacing)}, origin {tuple(origin)}); "
+                          "the voxels cannot be placed in the patient", path)
     native = Volume.from_geometry(sitk.GetArrayFromImage(img), spacing=img.GetSpacing()[::-1],
                                   origin=img.GetOrigin(), direction=dir_xyz[:, ::-1])
     source = Source(None if path is None else str(path), native.axis_codes, native.shape,
@@ -93,8 +99,11 @@ def _from_nibabel(obj: Any) -> Volume:
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
-def _check_header(path: Path) -> None:
-    """Read only the header; refuse non-3D images and absurd sizes before allocating anything."""
+def _check_header(path: Path) -> tuple[tuple[int, ...], int]:
+    """Read only the header; refuse non-3D images and absurd sizes before allocating anything.
+
+    Returns the (x, y, z) size the header claims and the bytes per voxel ITK will read it into.
+    """
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -111,55 +120,101 @@ def _check_header(path: Path) -> None:
         raise KitsegError(f"header claims absurd dimensions {size}; refusing to allocate", path)
     if reader.GetNumberOfComponents() != 1:
         raise KitsegError(f"expected one value per voxel, got {reader.GetNumberOfComponents()}", path)
+    return size, sitk.Image([1, 1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
 
 
-def _scan_file(path: Path) -> int:
-    """Stream through the file once; return its count of NaN/Inf voxels (NIfTI float data).
+# Reading holds ITK's buffer, its numpy copy and, for a file not in canonical orientation, the reoriented copy.
+_READ_COPIES = 3
 
-    Two reasons to look at the bytes ourselves: ITK reads a truncated gzip stream silently as
-    zeros, and ITK's NIfTI reader turns NaN voxels into 0, so a NaN-corrupted CT would pass.
+
+def memory_available() -> int | None:
+    """Bytes this process can still allocate, as far as it can tell: the least of the free memory
+    (MemAvailable), the room left under its address-space limit (RLIMIT_AS) and under its container's
+    memory limit (cgroup v2 or v1); None when none of them is known (not Linux)."""
+    room = []
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        room.append(int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024)
+        import resource  # POSIX only
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            status = Path("/proc/self/status").read_text()
+            room.append(soft - int(status.split("VmSize:")[1].split()[0]) * 1024)
+    except (ImportError, OSError, IndexError, ValueError):
+        pass
+    for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes",
+                                                            "memory/memory.usage_in_bytes")):
+        try:
+            cap = Path("/sys/fs/cgroup", limit).read_text().strip()
+            if cap.isdigit() and int(cap) < 1 << 60:
+                room.append(int(cap) - int(Path("/sys/fs/cgroup", usage).read_text()))
+        except (OSError, ValueError):
+            pass
+    return max(0, min(room)) if room else None
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one streaming pass over an image file found (``kitseg.io._scan_file``)."""
+
+    nbytes: int  # length of the (decompressed) file
+    nonfinite: int  # NaN/Inf voxels (NIfTI float data)
+    data_offset: int | None  # where ITK starts reading voxels (None: not a NIfTI-1/2 header)
+    itemsize: int | None  # bytes per voxel of the header's datatype (None: not NIfTI or unknown datatype)
+
+
+def _scan_file(path: Path) -> _Scan:
+    """Stream through the file once, in 16 MiB chunks whatever its header says.
+
+    Three reasons to look at the bytes ourselves: ITK reads a truncated gzip stream silently as
+    zeros, ITK's NIfTI reader turns NaN voxels into 0 (a NaN-corrupted CT would pass), and a
+    header that claims more voxels than the file holds would make ITK allocate them all first.
     """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
             head = fh.read(540)
-            dtype, offset = _nifti_float_layout(head)
-            if dtype is None:
-                while fh.read(1 << 24):
-                    pass
-                return 0
-            pending = head[offset:] if len(head) >= offset else b""
-            if len(head) < offset:
-                fh.read(offset - len(head))
-            bad = 0
-            while True:
+            hdr_size, offset, dtype, itemsize = _nifti_layout(head, path)
+            start = max(offset, hdr_size + 4) if offset is not None else 0  # 4 extension-flag bytes
+            chunk, end, bad, pending = head, len(head), 0, b""
+            while chunk:
+                if dtype is not None:
+                    data = pending + chunk[max(0, start - (end - len(chunk))):]
+                    usable = len(data) - len(data) % dtype.itemsize
+                    if usable:
+                        bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:usable], dtype))))
+                    pending = data[usable:]
                 chunk = fh.read(1 << 24)
-                data = pending + chunk
-                usable = len(data) - len(data) % dtype.itemsize
-                if usable:
-                    bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:usable], dtype))))
-                pending = data[usable:]
-                if not chunk:
-                    return bad
+                end += len(chunk)
     except (OSError, EOFError, zlib.error) as exc:
         raise KitsegError(f"corrupt or truncated gzip stream ({exc})", path) from None
+    return _Scan(end, bad, offset, itemsize)
 
 
-def _nifti_float_layout(head: bytes) -> tuple[np.dtype | None, int]:
-    """(float dtype, data offset) of a NIfTI-1/2 header holding float voxels, else (None, 0)."""
+# NIfTI datatype code -> bytes per voxel (nifti1.h)
+_NIFTI_ITEMSIZE = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                   1536: 16, 1792: 16, 2048: 32, 2304: 4}
+
+
+def _nifti_layout(head: bytes, path: Path) -> tuple[int, int | None, np.dtype | None, int | None]:
+    """(header size, data offset as ITK reads it, float dtype or None, bytes per voxel) of a NIfTI-1/2
+    header; (0, None, None, None) when ``head`` is not one."""
     for endian in ("<", ">"):
         size = int(np.frombuffer(head[:4], endian + "i4")[0]) if len(head) >= 4 else 0
         if size == 348 and len(head) >= 112:
             code = int(np.frombuffer(head[70:72], endian + "i2")[0])
-            offset = int(np.frombuffer(head[108:112], endian + "f4")[0])
+            offset = float(np.frombuffer(head[108:112], endian + "f4")[0])
         elif size == 540 and len(head) >= 176:
             code = int(np.frombuffer(head[12:14], endian + "i2")[0])
-            offset = int(np.frombuffer(head[168:176], endian + "i8")[0])
+            offset = float(np.frombuffer(head[168:176], endian + "i8")[0])
         else:
             continue
+        if not np.isfinite(offset) or offset > 2.0**62:
+            raise KitsegError(f"NIfTI header has an invalid vox_offset ({offset})", path)
         kind = {16: "f4", 64: "f8"}.get(code)
-        return (np.dtype(endian + kind), max(offset, 352)) if kind else (None, 0)
-    return None, 0
+        return size, max(int(offset), size), (np.dtype(endian + kind) if kind else None), _NIFTI_ITEMSIZE.get(code)
+    return 0, None, None, None
 
 
 def _itk_reason(exc: Exception) -> str:
@@ -212,18 +267,32 @@ def read_volume(src: VolumeLike, *, check_finite: bool = True) -> Volume:
                     f"not an image file (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder)", path)
             if path.stat().st_size == 0:
                 raise KitsegError("file is empty", path)
-            _check_header(path)
-            nonfinite = _scan_file(path) if path.name.lower().endswith((".gz", ".nii")) else 0
-            if nonfinite and check_finite:
-                raise KitsegError(f"{nonfinite} voxels are NaN or Inf; fix or mask them before segmentation",
-                                  path)
+            size, voxel_bytes = _check_header(path)
+            if path.name.lower().endswith((".gz", ".nii")):
+                scan = _scan_file(path)
+                if scan.data_offset is not None and scan.itemsize is not None:
+                    claimed = scan.data_offset + int(np.prod(size, dtype=np.int64)) * scan.itemsize
+                    if scan.nbytes < claimed:
+                        raise KitsegError(f"truncated: the header claims {' x '.join(map(str, size))} voxels "
+                                          f"({claimed} bytes with the header), the file holds {scan.nbytes} bytes",
+                                          path)
+                if scan.nonfinite and check_finite:
+                    raise KitsegError(f"{scan.nonfinite} voxels are NaN or Inf; fix or mask them before "
+                                      "segmentation", path)
+            need, room = _READ_COPIES * voxel_bytes * int(np.prod(size, dtype=np.int64)), memory_available()
+            if room is not None and need > room:
+                raise KitsegError(f"too large for the memory left: reading its {' x '.join(map(str, size))} voxels "
+                                  f"needs about {need / 2**20:.0f} MiB, {room / 2**20:.0f} MiB are available", path)
             try:
                 img = sitk.ReadImage(str(path))
+                if img.GetDimension() == 4:
+                    img = img[:, :, :, 0]
+                vol = from_sitk(img, path)
             except RuntimeError as exc:
                 raise KitsegError(f"could not be read ({_itk_reason(exc)})", path) from None
-            if img.GetDimension() == 4:
-                img = img[:, :, :, 0]
-            vol = from_sitk(img, path)
+            except MemoryError:
+                raise KitsegError(f"not enough memory to read it (its {' x '.join(map(str, size))} voxels need "
+                                  f"about {need / 2**20:.0f} MiB)", path) from None
     if check_finite:
         assert_finite(vol)
     return vol

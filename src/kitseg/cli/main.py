@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     except KitsegError as exc:
         print(f"kitseg: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused (permissions, read-only, disk full) outside kitseg's own checks
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kitseg: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"kitseg: error: out of memory ({exc or 'MemoryError'}); use a machine with more memory", file=sys.stderr)
+        return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

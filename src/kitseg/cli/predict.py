@@ -46,4 +46,4 @@ def predict(inputs: Path, output: Path, run_dir: Path, device: str, tta: bool, s
     summary = predict_folder(inputs, output, run, tta=tta, save_probabilities=save_probabilities)
     click.echo(summary.describe())
     if summary.count("failed"):
-        raise KitsegError(f"{summary.count('failed')} of {len(summary.cases)} cases failed (listed above)")
+        raise KitsegError(f"{summary.count('failed')} of {len(summary.cases)} cases failed (listed above)", output)

@@ -137,13 +137,54 @@ def predict_file(image: str | Path, output: str | Path, run: LoadedRun | Sequenc
     """Predict one CT (file or DICOM folder) and write its labels (and probabilities) atomically."""
     output = Path(output)
     _clean_partial(output)
-    res = predict_case(image, run, device, tta=tta, return_probabilities=save_probabilities, case_id=case_id)
+    try:
+        res = predict_case(image, run, device, tta=tta, return_probabilities=save_probabilities, case_id=case_id)
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        raise KitsegError(f"not enough memory to segment {_image_size(image)}({_memory_detail(exc)}); close other "
+                          "programs or use a machine with more memory", image) from None
     labels, probs = res if isinstance(res, tuple) else (res, None)
     if probs is not None:
         _clean_partial(probabilities_path(output))
         write_probabilities(probs, labels, probabilities_path(output))
     write_volume(labels, output, dtype=np.uint8)  # last: its presence marks the case as done
     return output
+
+
+# How numpy (MemoryError), torch and ITK (RuntimeError) report a failed allocation.
+_OOM_MARKS = ("can't allocate memory", "not enough memory", "out of memory", "Failed to allocate memory")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or any(m in str(exc) for m in _OOM_MARKS)
+
+
+def _memory_detail(exc: BaseException) -> str:
+    """The allocation that failed, in one line: numpy and torch say how many bytes, ITK does not."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        for key in ("Unable to allocate", "DefaultCPUAllocator", "Tried to allocate", "Failed to allocate"):
+            if key in ln:
+                return ln[ln.index(key):][:200]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _image_size(image) -> str:
+    """ "the 512 x 512 x 300 image (78.6 M voxels) " from the file header or the Volume, or "" if unknown."""
+    if isinstance(image, Volume):
+        size = image.shape[::-1]
+    else:
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(image))
+            reader.ReadImageInformation()
+            size = reader.GetSize()
+        except RuntimeError:  # a DICOM folder or an in-memory image: the detail has to do
+            return ""
+    voxels = float(np.prod(size, dtype=np.float64))
+    return (f"the {' x '.join(map(str, size))} image ({voxels / 1e6:.1f} M voxels, {voxels * 4 / 2**20:.0f} MiB per "
+            "float32 copy; segmenting holds several) ")
 
 
 def predict_folder(inputs: str | Path, out_dir: str | Path, run: LoadedRun | Sequence[LoadedRun], *, device=None,

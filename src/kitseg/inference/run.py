@@ -84,7 +84,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = "cpu", fol
     ``folds=None``: every fold with a checkpoint (the ensemble). ``which="best"`` falls back to
     ``checkpoint_last.pt`` for a stage whose folds have no best checkpoint yet (said in the log).
     """
-    from kitseg.training.checkpoint import load_stage_models
+    from kitseg.training.checkpoint import checkpoint_paths, load_stage_models
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -96,13 +96,14 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = "cpu", fol
     fingerprint = read_fingerprint(fp_path) if fp_path.is_file() else None
     models: dict[str, list[nn.Module]] = {}
     for stage in recipe.stages:
-        try:
-            models[stage.name] = load_stage_models(run_dir, stage.name, folds, which, dev)
-        except KitsegError:
-            if which != "best":
-                raise
-            models[stage.name] = load_stage_models(run_dir, stage.name, folds, "last", dev)
-            log.warning("stage %s: no checkpoint_best.pt, using checkpoint_last.pt", stage.name)
+        use = which
+        if which == "best":
+            try:
+                checkpoint_paths(run_dir, stage.name, folds, "best")
+            except KitsegError:  # no best checkpoint (yet); a best that exists but does not load is an error
+                use = "last"
+                log.warning("stage %s: no checkpoint_best.pt, using checkpoint_last.pt", stage.name)
+        models[stage.name] = load_stage_models(run_dir, stage.name, folds, use, dev)
     return LoadedRun(recipe, dataset, fingerprint, models, dev, run_dir)
 
 

@@ -51,7 +51,11 @@ def save_checkpoint(path: str | Path, ckpt: dict) -> None:
     """Write ``ckpt`` under ``path`` atomically (temporary file, fsync, rename)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            torch.save(ckpt, fh)
+            try:
+                torch.save(ckpt, fh)
+            except RuntimeError as exc:  # torch's zip writer turns a failed write (disk full, size limit) into this
+                raise KitsegError(f"could not be written (disk full or file-size limit?): {str(exc).splitlines()[0]}",
+                                  path) from None
             fh.flush()
             os.fsync(fh.fileno())
 

@@ -276,6 +276,8 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
         best_ema, best_epoch, finished = float(ck["best_ema_dice"]), int(ck["best_epoch"]), bool(ck["finished"])
     end = epochs if options.until_epoch is None else min(epochs, options.until_epoch)
     if finished or start >= end:
+        if dist.is_main and _logs_behind(out_dir / "log.csv", history):  # killed between checkpoint and logs
+            _write_logs(out_dir, history, stage.name, fold)
         return StageResult(stage.name, fold, out_dir, start, finished, best_epoch, best_ema, history, eng.model.eval())
 
     eng.wrap_ddp()
@@ -313,8 +315,7 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
                 if improved:
                     save_checkpoint(out_dir / BEST, ck)
                 save_checkpoint(last_path, {**ck, **eng.state_dict(), "history": history})
-                logs.write_csv(out_dir / "log.csv", history)
-                logs.write_curves(out_dir / "curves.png", history, f"{stage.name}, fold {fold}")
+                _write_logs(out_dir, history, stage.name, fold)  # after the checkpoint, which is what resume trusts
                 writer.log(row)
                 if bar:
                     bar.console.print(_summary(row, names, improved))
@@ -328,6 +329,21 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
     check_replicas(eng.model, dist)
     return StageResult(stage.name, fold, out_dir, history[-1]["epoch"] if history else start, finished, best_epoch,
                        best_ema, history, eng.model.eval())
+
+
+def _write_logs(out_dir: Path, history: list[dict], stage_name: str, fold: int) -> None:
+    """curves.png, then log.csv: a log.csv with every epoch of the checkpoint means both are current."""
+    logs.write_curves(out_dir / "curves.png", history, f"{stage_name}, fold {fold}")
+    logs.write_csv(out_dir / "log.csv", history)
+
+
+def _logs_behind(path: Path, history: list[dict]) -> bool:
+    if not history:
+        return False
+    try:
+        return path.read_text(encoding="utf-8").count("\n") != len(history) + 1
+    except OSError:
+        return True
 
 
 def _summary(row: dict, names: list[str], improved: bool) -> str:

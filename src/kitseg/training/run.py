@@ -72,6 +72,8 @@ def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainO
     if dist.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+            for stray in run_dir.glob(".*.part*"):  # left by a kill mid-write (kitseg._atomic names)
+                stray.unlink(missing_ok=True)
             recipe_json = recipe.model_dump(mode="json")
             if (run_dir / "recipe.json").exists():
                 if json.loads((run_dir / "recipe.json").read_text(encoding="utf-8")) != recipe_json:
