@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from kitseg.recipes.schema import Recipe
+
+_NOT_SHOWN = {"citations", "deviations", "variants", "tiny", "description", "title", "paper", "schema_version"}
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -21,6 +25,42 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def lookup(data: Any, key: str) -> Any:
+    """The value at a dotted key of a recipe dump (stages by name), or KeyError."""
+    node = data
+    for part in key.split("."):
+        if isinstance(node, list):
+            named = [v for v in node if isinstance(v, dict) and v.get("name") == part]
+            if not named:
+                raise KeyError(key)
+            node = named[0]
+        elif isinstance(node, dict):
+            node = node[part]
+        else:
+            raise KeyError(key)
+    return node
+
+
+def show(value: Any) -> str:
+    """A value as compact YAML flow text: ``{name: adam, lr: 0.0003}``, ``[80, 160, 160]``, ``cubic``."""
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip()
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
+def _value(r: Recipe, key: str) -> str:
+    """The recipe's value at ``key``: what the YAML sets there, else the schema's default in effect."""
+    for dump in (r.model_dump(mode="json", exclude_unset=True, exclude=_NOT_SHOWN),
+                 r.model_dump(mode="json", exclude=_NOT_SHOWN)):
+        try:
+            return show(lookup(dump, key))
+        except KeyError:
+            continue
+    return "—"
+
+
 def methods_markdown(recipes: list[Recipe]) -> str:
     lines = []
     for r in recipes:
@@ -28,14 +68,13 @@ def methods_markdown(recipes: list[Recipe]) -> str:
         if r.description:
             lines += [r.description.strip(), ""]
         lines += ["| key | recipe value | paper source | deviation |", "|---|---|---|---|"]
-        values = flatten(r.model_dump(mode="json", exclude={"citations", "deviations", "variants", "tiny",
-                                                            "description", "title", "paper", "schema_version"}))
         for key in sorted(set(r.citations) | set(r.deviations)):
-            shown = {k: v for k, v in values.items() if k == key or k.startswith(key + ".")}
-            value = shown.get(key, shown if shown else "—")
-            lines.append(f"| `{key}` | `{value}` | {r.citations.get(key, '')} | {r.deviations.get(key, '')} |")
+            lines.append(f"| `{key}` | `{_value(r, key)}` | {r.citations.get(key, '')} | {r.deviations.get(key, '')} |")
         if r.variants:
-            lines += ["", "Variants (ablations): " + "; ".join(
-                f"`{k}`: " + ", ".join(f"{kk}={vv}" for kk, vv in v.items()) for k, v in r.variants.items())]
+            lines += ["", "Variants (`--variant NAME`, dotted overrides):", ""]
+            for name, changes in r.variants.items():
+                shown = ", ".join(f"`{k}={show(v)}`" for k, v in changes.items() if k != "tiny")
+                own_tiny = " (with its own `tiny` overrides)" if "tiny" in changes else ""
+                lines.append(f"- `{name}`: {shown or 'the recipe as written'}{own_tiny}")
         lines.append("")
     return "\n".join(lines)
