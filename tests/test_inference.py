@@ -17,7 +17,7 @@ from kitseg.inference import LoadedRun, load_run, predict_case
 from kitseg.inference.ensemble import EnsemblePredictor, average_probabilities
 from kitseg.inference.mapping import paste_labels, resample_to_grid
 from kitseg.inference.sliding import count_windows, gaussian_weights, sliding_window, window_starts
-from kitseg.inference.variants import majority_vote, mirror_flips, slices25d, stack_slices, z_windows
+from kitseg.inference.variants import majority_vote, mirror_flips, slices25d, stack_slices, whole, z_windows
 from kitseg.io import read_volume
 from kitseg.recipes import apply_overrides, validate_recipe
 from kitseg.training.loop import TrainOptions
@@ -404,6 +404,20 @@ def test_whole_volume_mode_falls_back_to_windows_for_huge_volumes(monkeypatch):
     t = CaseTimings()
     predict_case(ct, run, timings=t)
     assert t.windows["localize"] > 1
+
+
+def test_whole_volume_mode_pads_a_small_volume_to_the_training_patch():
+    seen = []
+
+    def predictor(x):
+        seen.append(tuple(x.shape[2:]))
+        return torch.softmax(torch.stack([-x[:, 0], x[:, 0]], 1), 1)
+
+    image = torch.randn(1, 6, 20, 40)
+    out = whole(image, predictor, divisor=(4, 8, 8), min_size=(16, 16, 64))
+    assert seen == [(16, 24, 64)]  # z and x padded up to the patch, y to the divisor only
+    assert out.shape == (2, 6, 20, 40)
+    np.testing.assert_allclose(out[1].numpy(), torch.sigmoid(2 * image[0]).numpy(), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import yaml
 
-from inference_runs import GEOMETRY_RECIPE, recipe_from_yaml, write_run
+from inference_runs import GEOMETRY_RECIPE, recipe_from_yaml, untrained_models, write_run
 from kitseg.cli.main import main
+from kitseg.inference import load_run, predict_case
 from kitseg.io import read_volume, write_volume
+from kitseg.recipes import apply_overrides, validate_recipe
 from kitseg.volume import Volume
 
 
@@ -85,3 +88,23 @@ def test_help(capsys):
     out = capsys.readouterr().out
     for option in ("--input", "--output", "--model", "--device", "--tta", "--save-probabilities", "torchrun"):
         assert option in out
+
+
+def test_several_runs_are_averaged_and_the_first_decides_the_final_step(run_dir, tmp_path, capsys):
+    raw = apply_overrides(yaml.safe_load(GEOMETRY_RECIPE), {"ensemble": 3, "final": {"op": "argmax", "stage":
+                                                                                      "localize"}})
+    other = write_run(tmp_path / "other", validate_recipe(raw), untrained_models(validate_recipe(raw), seed=5))
+    src = _ct(tmp_path / "ct.nii.gz")
+    assert main(["predict", "-i", str(src), "-o", str(tmp_path / "a.nii.gz"), "--model", str(run_dir), "--model",
+                 str(other)]) == 0
+    assert "note:" not in capsys.readouterr().err  # the first run's recipe asks for one model per stage
+    both = [load_run(run_dir), load_run(other)]
+    np.testing.assert_array_equal(read_volume(tmp_path / "a.nii.gz").array, predict_case(src, both).array)
+    assert not np.array_equal(predict_case(src, both).array, predict_case(src, both[0]).array)
+    # the other order: localize's labels are final, and 2 of the 3 models its recipe averages are here
+    assert main(["predict", "-i", str(src), "-o", str(tmp_path / "b.nii.gz"), "--model", str(other), "--model",
+                 str(run_dir)]) == 0
+    assert "averages 3 models per stage; this prediction averages 2" in capsys.readouterr().err
+    b = read_volume(tmp_path / "b.nii.gz").array
+    np.testing.assert_array_equal(b, predict_case(src, both[::-1]).array)
+    assert set(np.unique(b)) <= {0, 1}  # localize has one class: kidney incl. tumor

@@ -31,8 +31,9 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path = "kitseg_demo", *, train_cases: int = 16, test_cases: int = 4, seed: int = 0,
              size: str = "small", epochs: int | None = None, recipe: str = DEFAULT_RECIPE, device: str = "cpu",
-             progress: bool = True, console: Console | None = None) -> DemoResult:
-    """Run synth -> train (tiny recipe) -> predict -> evaluate -> report under ``out_dir``."""
+             overrides: list[str] = (), progress: bool = True, console: Console | None = None) -> DemoResult:
+    """Run synth -> train (tiny recipe, then ``overrides`` as ``kitseg train --set``) -> predict ->
+    evaluate -> report under ``out_dir``."""
     from kitseg.inference import load_run
     from kitseg.inference.folder import predict_folder
     from kitseg.metrics import evaluate_folder
@@ -52,7 +53,7 @@ def run_demo(out_dir: str | Path = "kitseg_demo", *, train_cases: int = 16, test
     make_dataset(test, cases=test_cases, seed=seed + 10_000, size=size, progress=progress)
 
     console.rule(f"[bold]2/5 training the tiny {recipe} recipe")
-    rec = load_recipe(recipe, tiny=True)
+    rec = load_recipe(recipe, list(overrides), tiny=True)
     options = TrainOptions(seed=seed, device=device, epochs=epochs, resume=(run_dir / "recipe.json").exists(),
                            progress=progress)
     train_recipe(rec, data, run_dir, folds=0, options=options)
@@ -67,5 +68,5 @@ def run_demo(out_dir: str | Path = "kitseg_demo", *, train_cases: int = 16, test
     page = make_report(preds, test, report, gt_dir=test, title="kitseg demo: held-out synthetic cases",
                        progress=progress)
     mean = summary.mean
-    return DemoResult(out, float(mean["kidney_dice"]), float(mean["tumor_dice"]), float(mean["composite"]), page,
-                      time.perf_counter() - t0)
+    return DemoResult(out, float(mean["kits19_kidney_dice"]), float(mean["kits19_tumor_dice"]),
+                      float(mean["kits19_composite"]), page, time.perf_counter() - t0)

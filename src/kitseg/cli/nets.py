@@ -7,9 +7,6 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from kitseg.nets import NETWORKS
-from kitseg.nets.summary import RF_METHOD, markdown_table, summarize
-
 
 @click.command()
 @click.argument("names", nargs=-1)
@@ -23,6 +20,9 @@ def nets(names: tuple[str, ...], no_rf: bool, markdown: bool) -> None:
     measured as the support of the gradient of an output voxel with respect to the input
     (kitseg.nets.receptive explains how).
     """
+    from kitseg.nets import NETWORKS  # imports torch and MONAI: only when the command runs
+    from kitseg.nets.summary import RF_METHOD, markdown_table, summarize
+
     chosen = list(names) or list(NETWORKS)
     rows = []
     with Progress(transient=True, console=Console(stderr=True)) as progress:

@@ -15,13 +15,16 @@ from kitseg.errors import KitsegError
                    "nnU-Net dataset folder).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="A label file (e.g. out.nii.gz) for one input, else a folder: OUT/<case_id>.nii.gz.")
-@click.option("--model", "run_dir", type=click.Path(path_type=Path), required=True,
-              help="The run folder `kitseg train -o` wrote (every trained fold is ensembled).")
+@click.option("--model", "run_dirs", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="The run folder `kitseg train -o` wrote (every trained fold is ensembled). Repeat it to "
+                   "average several runs of one cascade (e.g. TuNet's model variants); the first run's "
+                   "post-processing and final step are used.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--tta", is_flag=True, help="Mirroring test-time augmentation (2-8x slower).")
 @click.option("--save-probabilities", is_flag=True,
               help="Also write <case>_probabilities.npz (float16, the label file's array order).")
-def predict(inputs: Path, output: Path, run_dir: Path, device: str, tta: bool, save_probabilities: bool) -> None:
+def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str, tta: bool,
+            save_probabilities: bool) -> None:
     """Segment kidney and tumor: uint8 labels (0 background, 1 kidney, 2 tumor; KiTS23: 3 cyst).
 
     Each label file has exactly its input's shape, spacing, origin and orientation. A folder run
@@ -31,13 +34,17 @@ def predict(inputs: Path, output: Path, run_dir: Path, device: str, tta: bool, s
     """
     from kitseg.datasets import find_images
     from kitseg.inference import load_run, predict_file, predict_folder
+    from kitseg.inference.cascade import ensemble_note
     from kitseg.io import is_image_file
 
     single = is_image_file(output)
     cases = find_images(inputs)
     if single and len(cases) != 1:
         raise KitsegError(f"{len(cases)} inputs found; give a folder as -o (not a file name)", inputs)
-    run = load_run(run_dir, device)
+    run = [load_run(d, device) for d in run_dirs]
+    note = ensemble_note(run)
+    if note:
+        click.echo(f"note: {note}", err=True)
     if single:
         case_id, path = cases[0]
         predict_file(path, output, run, tta=tta, save_probabilities=save_probabilities, case_id=case_id)

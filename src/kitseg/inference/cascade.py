@@ -134,14 +134,30 @@ def predict_case(image: VolumeLike, run: LoadedRun | Sequence[LoadedRun], device
 
 
 def _check_compatible(runs: list[LoadedRun]) -> None:
-    """Runs ensembled together must share the recipe's stages, targets and final step."""
+    """Runs ensembled together must share the stages' names, targets, inputs and ROI sources.
+
+    Their networks, preprocessing and training may differ (TuNet 3.6 averages four model variants);
+    the first run decides the post-processing and the final step (e.g. TuNet's Algorithm 1 over the
+    average of variants trained without it).
+    """
     first = runs[0].recipe
     for r in runs[1:]:
         same = ([(s.name, s.target, s.inputs, s.roi_from) for s in r.recipe.stages]
-                == [(s.name, s.target, s.inputs, s.roi_from) for s in first.stages]) and r.recipe.final == first.final
+                == [(s.name, s.target, s.inputs, s.roi_from) for s in first.stages])
         if not same:
-            raise KitsegError(f"cannot ensemble recipe {r.recipe.name!r} with {first.name!r}: their stages, targets "
-                              "or final steps differ", r.run_dir)
+            raise KitsegError(f"cannot ensemble recipe {r.recipe.name!r} with {first.name!r}: their stages' names, "
+                              "targets, inputs or ROI sources differ", r.run_dir)
+
+
+def ensemble_note(runs: Sequence[LoadedRun]) -> str | None:
+    """A note when fewer models per stage are averaged than the recipe's ``ensemble`` (the paper's count)."""
+    runs = list(runs)
+    wanted = runs[0].recipe.ensemble
+    have = min(sum(len(r.models[s.name]) for r in runs) for s in runs[0].recipe.stages)
+    if have >= wanted:
+        return None
+    return (f"recipe {runs[0].recipe.name!r} averages {wanted} models per stage; this prediction averages {have} "
+            f"(give more run folders with --model, or train more folds)")
 
 
 def _run_stage(name: str, ct: Volume, runs: list[LoadedRun], outputs: dict[str, StageOutput],
@@ -219,7 +235,7 @@ def infer(x: torch.Tensor, stage: Stage, models, device: torch.device, tta: bool
         out = variants.slices25d(x, predictor, int(getattr(net, "context_slices", 1)), in_plane=in_plane,
                                  overlap=spec.overlap, batch_size=max(1, spec.batch_size), **kw)
     elif (spec.mode == "whole" or patch is None) and (patch is None or x[0].numel() <= WHOLE_MAX_VOXELS):
-        out = variants.whole(x, predictor, **kw)
+        out = variants.whole(x, predictor, min_size=patch, **kw)
     elif spec.mode == "whole":  # too large for one pass (a whole-body scan): Gaussian windows of the patch
         out = sliding_window(x, predictor, patch, spec.overlap, sw_batch_size=spec.batch_size, **kw)
     elif spec.mode == "sliding_window":
@@ -279,4 +295,5 @@ def _raw_ct(ct: Volume, record: CaseRecord) -> np.ndarray:
     return np.pad(arr, res.pad, mode="edge") if any(a or b for a, b in res.pad) else arr
 
 
-__all__ = ["CaseTimings", "EntryOutput", "Probabilities", "StageOutput", "flips_for", "infer", "predict_case"]
+__all__ = ["CaseTimings", "EntryOutput", "Probabilities", "StageOutput", "ensemble_note", "flips_for", "infer",
+           "predict_case"]

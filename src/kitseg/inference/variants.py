@@ -93,9 +93,15 @@ def majority_vote(image: torch.Tensor, predictor: Predictor, window: int = 64, s
 
 
 def whole(image: torch.Tensor, predictor: Predictor, *, divisor: Sequence[int] | None = None,
-          device: str | torch.device = "cpu", **kw) -> torch.Tensor:
-    """The whole volume in one pass, padded to the size divisor (one window covering everything)."""
-    patch = _patch(image, (None,) * (image.ndim - 1), divisor)
+          min_size: Sequence[int] | None = None, device: str | torch.device = "cpu", **kw) -> torch.Tensor:
+    """The whole volume in one pass, padded to the size divisor (one window covering everything).
+
+    ``min_size`` (the training patch): an axis shorter than it is padded to it, so that a network
+    never sees less than it was trained on (a tiny volume would otherwise pool down to one voxel).
+    """
+    spatial = image.shape[1:]
+    window = [None if min_size is None or n >= m else int(m) for n, m in zip(spatial, min_size or spatial)]
+    patch = _patch(image, window, divisor)
     return sliding_window(image, predictor, patch, weights="constant", divisor=divisor, device=device, **kw)
 
 
