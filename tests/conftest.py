@@ -24,6 +24,18 @@ def kits19_label(case: int) -> Path:
     return shared_path("data", "kits19", f"case_{case:05d}", "segmentation.nii.gz")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The tests run tiny networks: one torch thread is faster than two, and on a busy 2-core machine
+    OpenMP threads contend badly (10x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -8,21 +8,10 @@ from __future__ import annotations
 
 import csv
 
-import pytest
-import torch
-
 from kitseg.cli.main import main
 
 QUICK = ["--set", "stages.segment.preprocess.target_spacing=[6.0,6.0,6.0]", "--set",
          "stages.segment.iterations_per_epoch=4", "--set", "stages.localize.iterations_per_epoch=4"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_demo_runs_every_step_prints_the_dice_and_continues(tmp_path, capsys):

@@ -28,15 +28,6 @@ from synthetic_kits import TINY_RECIPE, make_case, make_kits_dataset
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these networks are tiny, and on a shared CPU two spinning threads are 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _conv_predictor(dims: int, cin: int = 2, cout: int = 3, seed: int = 0):
     torch.manual_seed(seed)
     conv = (torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d)(cin, cout, 3, padding=1)

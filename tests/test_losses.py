@@ -15,15 +15,6 @@ KITS = TargetSpec(kind="softmax", classes={"kidney": [1], "tumor": [2]})
 TUNET = TargetSpec(kind="sigmoid", classes={"whole": [1, 2], "tumor": [2]})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is many times faster than two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def softmax_batch():
     g = torch.Generator().manual_seed(0)

@@ -26,15 +26,6 @@ from kitseg.nets.unet import UNet
 NAMES = list(NETWORKS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a busy 2-core machine OpenMP threads contend badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(name: str) -> nn.Module:
     info = NETWORKS[name]
     torch.manual_seed(0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 import yaml
 
 from inference_runs import GEOMETRY_RECIPE, recipe_from_yaml, untrained_models, write_run
@@ -14,14 +13,6 @@ from kitseg.inference import load_run, predict_case
 from kitseg.io import read_volume, write_volume
 from kitseg.recipes import apply_overrides, validate_recipe
 from kitseg.volume import Volume
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

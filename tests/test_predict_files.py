@@ -14,7 +14,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from conftest import kits19_label, shared_path
 from inference_runs import GEOMETRY_RECIPE, recipe_from_yaml, write_run
@@ -26,15 +25,6 @@ from kitseg.volume import Volume
 from synthetic_kits import make_case
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these networks are tiny, and on a shared CPU two spinning threads are 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _synthetic_ct(shape=(24, 40, 40), spacing=(3.0, 1.5, 1.5), seed=0) -> Volume:

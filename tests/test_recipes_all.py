@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from kitseg.errors import KitsegError
 from kitseg.inference import LoadedRun, load_run, predict_case
@@ -49,12 +48,8 @@ CASES = _cases()
 
 
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def no_curves(monkeypatch):
     monkeypatch.setattr(logs, "write_curves", lambda *args, **kwargs: None)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

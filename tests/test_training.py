@@ -27,14 +27,6 @@ TUNET = TargetSpec(kind="sigmoid", classes={"whole": [1, 2], "tumor": [2]})
 KITS23 = TargetSpec(kind="sigmoid", classes={"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- targets and inputs ------------------------------------------------------------------------
 def test_make_target_and_back():
     lab = np.array([[[0, 1, 2, 3]]], np.uint8)

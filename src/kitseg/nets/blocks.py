@@ -272,6 +272,15 @@ class DeepSupervisionHead(nn.Module):
         return self.up(self.conv(x))
 
 
+def deep_supervision_outputs(net: nn.Module, out: torch.Tensor, decoded: Sequence[torch.Tensor]):
+    """A U-Net's return value: ``out`` (eval mode, or no deep supervision), else
+    ``[out, head_1(level 1), head_2(level 2), ...]`` with ``decoded`` the decoder outputs, coarsest
+    first (``decoded[-1]`` full resolution, ``decoded[-2]`` level 1, ...) and ``net.ds_heads``."""
+    if not (net.deep_supervision and net.training):
+        return out
+    return [out, *(head(decoded[-2 - j]) for j, head in enumerate(net.ds_heads))]
+
+
 def cumulative_scales(kernels: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     """Cumulative downsampling factor after each pooling step: [(1,..), k0, k0*k1, ...]."""
     out = [tuple(1 for _ in kernels[0])] if kernels else []

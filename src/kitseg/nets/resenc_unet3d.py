@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kitseg.nets.blocks import ConvNormAct, ResBlock, conv, cumulative_scales, up_conv
+from kitseg.nets.blocks import ConvNormAct, ResBlock, conv, cumulative_scales, deep_supervision_outputs, up_conv
 from kitseg.nets.plan import as_pool_counts, pool_kernels, size_divisor
 
 
@@ -72,11 +72,7 @@ class ResEncUNet3D(nn.Module):
         for up, dec in zip(self.ups, self.decoders):
             x = dec(torch.cat([skips.pop(), up(x)], dim=1))
             decoded.append(x)
-        out = self.head(x)
-        if not (self.deep_supervision and self.training):
-            return out
-        aux = [head(decoded[-2 - j]) for j, head in enumerate(self.ds_heads)]
-        return [out, *aux]
+        return deep_supervision_outputs(self, self.head(x), decoded)
 
 
 def resenc_unet3d(in_channels: int, out_channels: int, base_features: int = 32,

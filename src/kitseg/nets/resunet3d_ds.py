@@ -27,7 +27,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kitseg.nets.blocks import ConvNormAct, DeepSupervisionHead, conv, cumulative_scales, up_conv
+from kitseg.nets.blocks import (
+    ConvNormAct,
+    DeepSupervisionHead,
+    conv,
+    cumulative_scales,
+    deep_supervision_outputs,
+    up_conv,
+)
 from kitseg.nets.plan import as_pool_counts, pool_kernels, size_divisor
 
 
@@ -90,11 +97,7 @@ class ResUNet3DDS(nn.Module):
             u = up(x)
             x = dec(torch.cat([skips.pop(), u], dim=1), u)
             decoded.append(x)
-        out = self.head(x)
-        if not (self.deep_supervision and self.training):
-            return out
-        aux = [head(decoded[-2 - j]) for j, head in enumerate(self.ds_heads)]
-        return [out, *aux]
+        return deep_supervision_outputs(self, self.head(x), decoded)
 
 
 def resunet3d_ds(in_channels: int, out_channels: int, base_features: int = 16, pool_counts: int | Sequence[int] = 3,

@@ -37,7 +37,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kitseg.nets.blocks import DeepSupervisionHead, PreActResBlock, conv, cumulative_scales, up_conv
+from kitseg.nets.blocks import (
+    DeepSupervisionHead,
+    PreActResBlock,
+    conv,
+    cumulative_scales,
+    deep_supervision_outputs,
+    up_conv,
+)
 from kitseg.nets.plan import as_pool_counts, pool_kernels, size_divisor
 
 
@@ -96,11 +103,7 @@ class ResUNetDS(nn.Module):
         for up, dec in zip(self.ups, self.decoders):
             x = dec(up(x) + skips.pop())
             decoded.append(x)
-        out = self.head(x)
-        if not (self.deep_supervision and self.training):
-            return out
-        aux = [head(decoded[-2 - j]) for j, head in enumerate(self.ds_heads)]
-        return [out, *aux]
+        return deep_supervision_outputs(self, self.head(x), decoded)
 
 
 def resunet_ds_zhang(in_channels: int, out_channels: int, base_features: int = 30,

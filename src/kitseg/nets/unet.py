@@ -13,7 +13,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kitseg.nets.blocks import DeepSupervisionHead, DoubleConv, conv, cumulative_scales, max_pool, up_conv
+from kitseg.nets.blocks import (
+    DeepSupervisionHead,
+    DoubleConv,
+    conv,
+    cumulative_scales,
+    deep_supervision_outputs,
+    max_pool,
+    up_conv,
+)
 from kitseg.nets.plan import as_pool_counts, pool_kernels, size_divisor
 
 
@@ -76,12 +84,7 @@ class UNet(nn.Module):
         for up, dec in zip(self.ups, self.decoders):
             x = dec(torch.cat([skips.pop(), up(x)], dim=1))
             decoded.append(x)
-        out = self.head(x)
-        if not (self.deep_supervision and self.training):
-            return out
-        # decoded[-1] is level 0 (full), decoded[-2] level 1, ...
-        aux = [head(decoded[-2 - j]) for j, head in enumerate(self.ds_heads)]
-        return [out, *aux]
+        return deep_supervision_outputs(self, self.head(x), decoded)
 
 
 def unet2d(in_channels: int, out_channels: int, base_features: int = 32, n_levels: int = 5,
