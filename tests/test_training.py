@@ -330,6 +330,61 @@ def test_resume_reproduces_uninterrupted_run_bit_for_bit(tmp_path):
         train_stage(stage, train, val, tmp_path / "a", targets, options=TrainOptions(seed=7, progress=False))
 
 
+def test_time_limit_stops_after_an_epoch_and_resumes(tmp_path):
+    """A spent budget (0 s) stops the stage after its first epoch, unfinished; --resume finishes it."""
+    stage = _tiny_recipe_obj().stage("segment").model_copy(update={"epochs": 3})
+    targets = {"localize": LOCALIZE, "segment": KITS}
+    train, val = _cases(2, KITS), _cases(1, KITS, seed=10)
+    part = train_stage(stage, train, val, tmp_path, targets,
+                       options=TrainOptions(seed=3, progress=False, time_limit_s=0.0))
+    assert part.time_limited and not part.finished and part.epochs_done == 1 and len(part.history) == 1
+    assert part.seconds > 0  # the call's wall time is reported
+    ck = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert ck["epoch"] == 1 and not ck["finished"]
+    done = train_stage(stage, train, val, tmp_path, targets, options=TrainOptions(seed=3, progress=False, resume=True))
+    assert done.finished and not done.time_limited and done.epochs_done == 3
+    # a budget that is not spent changes nothing
+    full = train_stage(stage, train, val, tmp_path / "b", targets,
+                       options=TrainOptions(seed=3, progress=False, time_limit_s=1e9))
+    assert full.finished and not full.time_limited and full.epochs_done == 3
+
+
+def test_train_recipe_shares_the_time_limit_between_stages(tmp_path, monkeypatch):
+    """Each (stage, fold) gets an equal share of the budget left when it starts (a fake clock)."""
+    import types
+
+    from kitseg.training import run as run_mod
+    from kitseg.training.loop import StageResult
+    from kitseg.training.run import time_share, train_recipe
+
+    assert time_share(100.0, 4) == 25.0 and time_share(-5.0, 2) == 0.0 and time_share(10.0, 0) == 10.0
+    clock = [1000.0]
+    shares = []
+
+    def fake_train_stage(stage, train, val, out_dir, targets, *, fold, options):
+        shares.append((stage.name, fold, options.time_limit_s))
+        clock[0] += 10.0 if stage.name == "localize" else 60.0  # localize ends early, segment overruns
+        return StageResult(stage.name, fold, out_dir, 1, False, 1, 0.5, time_limited=True)
+
+    monkeypatch.setattr(run_mod, "train_stage", fake_train_stage)
+    monkeypatch.setattr(run_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    data = make_kits_dataset(tmp_path / "data", n=4)
+    recipe = write_tiny_recipe(tmp_path / "tiny.yaml")
+    options = TrainOptions(progress=False, time_limit_s=120.0)
+    results = train_recipe(load_recipe(recipe), data, tmp_path / "run", folds="0,1", options=options, n_splits=2)
+    assert [(s, f) for s, f, _ in shares] == [("localize", 0), ("localize", 1), ("segment", 0), ("segment", 1)]
+    assert [t for _, _, t in shares] == [30.0, 110 / 3, 50.0, 40.0]  # 120/4, 110/3, 100/2, 40/1
+    assert all(r.time_limited for r in results)
+    # kitseg train --time-limit takes minutes
+    from kitseg.cli.main import main
+
+    shares.clear()
+    args = ["train", "--recipe", str(recipe), "--data", str(data), "-o", str(tmp_path / "run"), "--no-progress",
+            "--n-splits", "2", "--stage", "segment", "--time-limit", "1.5"]
+    assert main(args) == 0
+    assert shares == [("segment", 0, 90.0)]
+
+
 def test_tiny_cascade_trains_end_to_end(tmp_path):
     from kitseg.cli.main import main
 

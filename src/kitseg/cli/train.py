@@ -42,11 +42,14 @@ def _sets(items: tuple[str, ...]) -> dict:
               help="Data-loading worker processes (0: in the main process) and preprocessing processes.")
 @click.option("--n-splits", type=click.IntRange(2), default=5, show_default=True, help="Cross-validation folds.")
 @click.option("--until-epoch", type=click.IntRange(1), help="Stop after this epoch (continue later with --resume).")
+@click.option("--time-limit", "time_limit", type=click.FloatRange(0, min_open=True), metavar="MINUTES",
+              help="Training budget of this call (after preprocessing), shared equally by the stages and folds "
+              "still to train: each stops after the epoch in which its share ran out (continue with --resume).")
 @click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or per-epoch lines.")
 def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[str, ...], variant: str | None,
           epochs: int | None, tiny: bool, sets: tuple[str, ...], resume: bool, device: str, seed: int, workers: int,
-          n_splits: int, until_epoch: int | None, no_amp: bool, no_progress: bool) -> None:
+          n_splits: int, until_epoch: int | None, time_limit: float | None, no_amp: bool, no_progress: bool) -> None:
     """Train every stage of a recipe (or --stage) on one fold or all (--folds all).
 
     Writes RUN_DIR/recipe.json, dataset.json, fingerprint.json, splits.json, cache/<stage>/ and
@@ -70,13 +73,15 @@ def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[
     dist = init_distributed(device)
     try:
         options = TrainOptions(seed=seed, device=device, epochs=epochs, until_epoch=until_epoch, resume=resume,
-                               progress=not no_progress and dist.is_main, workers=workers, amp=not no_amp, dist=dist)
+                               progress=not no_progress and dist.is_main, workers=workers, amp=not no_amp,
+                               time_limit_s=None if time_limit is None else time_limit * 60.0, dist=dist)
         results = train_recipe(rec, data_dir, run_dir, folds=folds, stages=list(stages) or None, options=options,
                                n_splits=n_splits, preprocess_workers=max(1, workers))
     finally:
         cleanup(dist)
     if dist.is_main:
         for r in results:
-            state = "finished" if r.finished else f"stopped after epoch {r.epochs_done}"
+            state = "finished" if r.finished else f"stopped after epoch {r.epochs_done}" + (
+                " (time limit; continue with --resume)" if r.time_limited else "")
             click.echo(f"{r.stage} fold {r.fold}: {state}; best smoothed Dice {r.best_ema_dice:.3f} (epoch "
                        f"{r.best_epoch}); data/model time {r.data_model_ratio:.2f}; {r.out_dir}")

@@ -43,6 +43,7 @@ from kitseg.training.distributed import (
     DistInfo,
     all_gather_objects,
     all_reduce_sum,
+    broadcast_object,
     check_replicas,
     device_for,
 )
@@ -55,7 +56,11 @@ EMA = 0.9  # smoothing of the validation Dice that picks the best checkpoint (nn
 @dataclass(frozen=True)
 class TrainOptions:
     """Run settings that are not part of the recipe. ``until_epoch`` stops after that many epochs
-    without finishing the run (continue later with ``resume``: e.g. a cluster's time limit)."""
+    without finishing the run (continue later with ``resume``: e.g. a cluster's time limit).
+    ``time_limit_s`` stops ``train_stage`` after the epoch in which that many seconds (wall clock,
+    counted from the call's start) have passed, leaving the stage unfinished and resumable; every
+    call trains at least one epoch. ``train_recipe`` reads it as the budget of all its training
+    and gives each (stage, fold) an equal share of what is left when it starts."""
 
     seed: int = 0
     device: str = "cpu"
@@ -66,6 +71,7 @@ class TrainOptions:
     workers: int = 0
     val_per_case: int = 2
     amp: bool = True
+    time_limit_s: float | None = None
     dist: DistInfo = SINGLE
 
 
@@ -80,6 +86,8 @@ class StageResult:
     best_ema_dice: float
     history: list[dict] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)  # the trained network (last epoch)
+    time_limited: bool = False  # stopped by TrainOptions.time_limit_s (unfinished, resumable)
+    seconds: float = 0.0  # wall-clock time of this train_stage call
 
     @property
     def data_model_ratio(self) -> float:
@@ -253,6 +261,7 @@ def train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Trai
 
 def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[TrainCase], out_dir: Path,
                  targets: dict[str, TargetSpec], fold: int, options: TrainOptions) -> StageResult:
+    started = time.perf_counter()
     dist = options.dist
     epochs = options.epochs or stage.epochs
     last_path = out_dir / LAST
@@ -278,7 +287,8 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
     if finished or start >= end:
         if dist.is_main and _logs_behind(out_dir / "log.csv", history):  # killed between checkpoint and logs
             _write_logs(out_dir, history, stage.name, fold)
-        return StageResult(stage.name, fold, out_dir, start, finished, best_epoch, best_ema, history, eng.model.eval())
+        return StageResult(stage.name, fold, out_dir, start, finished, best_epoch, best_ema, history, eng.model.eval(),
+                           seconds=time.perf_counter() - started)
 
     eng.wrap_ddp()
     batches = TrainBatches(eng.sampler, stage, targets, stage.iterations_per_epoch, options.workers, dist,
@@ -287,6 +297,7 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
     bar = _progress(options.progress and dist.is_main)
     task = bar.add_task("", total=(end - start) * stage.iterations_per_epoch) if bar else None
     names = list(stage.target.classes)
+    time_limited = False
     try:
         for epoch in range(start, end):
             if bar:
@@ -321,6 +332,11 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
                     bar.console.print(_summary(row, names, improved))
             if stop:
                 break
+            if not finished and epoch + 1 < end and options.time_limit_s is not None:
+                # rank 0's clock decides, so that every rank stops after the same epoch
+                time_limited = broadcast_object(time.perf_counter() - started >= options.time_limit_s, dist)
+                if time_limited:
+                    break
     finally:
         if bar:
             bar.stop()
@@ -328,7 +344,7 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
             writer.close()
     check_replicas(eng.model, dist)
     return StageResult(stage.name, fold, out_dir, history[-1]["epoch"] if history else start, finished, best_epoch,
-                       best_ema, history, eng.model.eval())
+                       best_ema, history, eng.model.eval(), time_limited, time.perf_counter() - started)
 
 
 def _write_logs(out_dir: Path, history: list[dict], stage_name: str, fold: int) -> None:

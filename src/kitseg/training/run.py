@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,12 @@ def parse_folds(folds: str | int | list[int] | None, n_folds: int) -> list[int]:
 def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, folds: str | int | list[int] | None = 0,
                  stages: list[str] | None = None, options: TrainOptions = TrainOptions(), n_splits: int = 5,
                  preprocess_workers: int = 1) -> list[StageResult]:
-    """Prepare the run folder and train the chosen stages on the chosen folds (see the module docstring)."""
+    """Prepare the run folder and train the chosen stages on the chosen folds (see the module docstring).
+
+    ``options.time_limit_s`` is the budget of the training of all chosen stages and folds, counted
+    from the end of the preprocessing: each (stage, fold), in order, gets ``time_share`` of what is
+    left and stops after the epoch in which its share ran out (unfinished; continue with ``resume``).
+    """
     run_dir = Path(run_dir)
     dataset = labelled_dataset(data_dir)
     check_labels(recipe, dataset)
@@ -157,20 +163,27 @@ def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, f
     splits = prepare_run(recipe, dataset, run_dir, options, n_splits, preprocess_workers, stages)
     fold_list = parse_folds(folds, len(splits.folds))
     targets = {s.name: s.target for s in recipe.stages}
+    jobs = [(si, stage, fold) for si, stage in enumerate(recipe.stages) if not stages or stage.name in stages
+            for fold in fold_list]
+    deadline = None if options.time_limit_s is None else time.monotonic() + options.time_limit_s
     results = []
-    for si, stage in enumerate(recipe.stages):
-        if stages and stage.name not in stages:
-            continue
+    for k, (si, stage, fold) in enumerate(jobs):
         cache_dir = run_dir / "cache" / stage.name
-        for fold in fold_list:
-            split = splits.folds[fold]
-            seed = stage_seed(options.seed, fold, si)
-            train = load_train_cases(cache_dir, split.train, stage, seed)
-            val = load_train_cases(cache_dir, split.val, stage, seed + 10_000)
-            fold_options = dataclasses.replace(options, seed=seed)
-            results.append(train_stage(stage, train, val, fold_dir(run_dir, stage.name, fold), targets, fold=fold,
-                                       options=fold_options))
+        split = splits.folds[fold]
+        seed = stage_seed(options.seed, fold, si)
+        train = load_train_cases(cache_dir, split.train, stage, seed)
+        val = load_train_cases(cache_dir, split.val, stage, seed + 10_000)
+        share = None if deadline is None else time_share(deadline - time.monotonic(), len(jobs) - k)
+        fold_options = dataclasses.replace(options, seed=seed, time_limit_s=share)
+        results.append(train_stage(stage, train, val, fold_dir(run_dir, stage.name, fold), targets, fold=fold,
+                                   options=fold_options))
     return results
+
+
+def time_share(remaining_s: float, jobs_left: int) -> float:
+    """The seconds of a training budget that the next of ``jobs_left`` (stage, fold) jobs gets: an
+    equal share of what is left (a job that finishes early leaves its rest to the later ones)."""
+    return max(0.0, remaining_s) / max(1, jobs_left)
 
 
 def generic_tiny(recipe: Recipe) -> dict:
