@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of this version lies on disk on the project's machines; any torch >= 2.1 works.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench bench-quick lint clean
 
 install: $(VENV)/.installed
 
@@ -23,8 +23,12 @@ demo: install
 test: install
 	$(PY) -m pytest -q -n 2 --durations=15
 
+# every benchmark in bench/ (hours on 2 CPU cores; rewrites BENCHMARKS.md); bench-quick: a check that all run
 bench: install
 	$(PY) bench/run_all.py
+
+bench-quick: install
+	$(PY) bench/run_all.py --quick
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,7 @@ standing in for a trained localizer (the crop boxes are those a trained stage 1 
 
     .venv/bin/python bench/bench_inference.py                  # everything (an hour or more on 2 cores)
     .venv/bin/python bench/bench_inference.py --part sw --no-update
+    .venv/bin/python bench/bench_inference.py --quick          # a few minutes: tiny networks, smallest case
 
 Results: tables on stdout, JSON in bench/results/, and the section between
 ``<!-- inference:start -->`` and ``<!-- inference:end -->`` of BENCHMARKS.md (parts not run this
@@ -31,33 +32,17 @@ time keep their last figures from bench/results/inference.json).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+import _common
+from _common import RESULTS, cpu_seconds, peak_rss_mb
+
 CACHE = RESULTS / "inference_inputs"
-MD = ROOT / "BENCHMARKS.md"
-START, END = "<!-- inference:start -->", "<!-- inference:end -->"
-SHARED = ROOT.parent / "shared" / "data" / "kits19"
+SHARED = _common.SHARED_KITS19
 CASES = {"smallest": "case_00061", "median": "case_00018", "largest": "case_00005"}
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _cpu_s() -> float:
-    """CPU seconds (user + system) of this process: on a shared machine a steadier figure than wall time."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,18 +53,13 @@ def fake_ct(case: str) -> Path:
     out = CACHE / f"{case}_imaging.nii.gz"
     if out.exists():
         return out
-    label = SHARED / case / "segmentation.nii.gz"
-    if not label.exists():
-        raise SystemExit(f"{label} is absent: the benchmark needs ../shared/data/kits19")
+    label = _common.require(SHARED / case / "segmentation.nii.gz")
     code = ("import sys; from kitseg.synth import render_from_label; from kitseg.io import write_volume; "
             f"write_volume(render_from_label({str(label)!r}, 0), {str(out)!r}); sys.stdout.flush(); "
             "import os; os._exit(0)")
-    subprocess.run([sys.executable, "-c", code], check=True, env=_env(2))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=_common.env(2))
     return out
-
-
-def _env(threads: int) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))
 
 
 def _fingerprint():
@@ -188,12 +168,12 @@ def worker_case(case: str, tiny: bool, single: bool, out_dir: Path) -> dict:
     from kitseg.inference import CaseTimings, predict_case
     from kitseg.io import read_volume, write_volume
 
-    rss0 = _rss_mb()
+    rss0 = peak_rss_mb()
     recipe = _recipe(tiny, single)
     run = _run(recipe)
     if not single:
         _oracle_localizer(SHARED / case / "segmentation.nii.gz")
-    c0 = _cpu_s()
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     ct = read_volume(fake_ct(case))
     t1 = time.perf_counter()
@@ -204,8 +184,8 @@ def worker_case(case: str, tiny: bool, single: bool, out_dir: Path) -> dict:
     t3 = time.perf_counter()
     return {"case": case, "shape": list(ct.shape), "spacing": [round(s, 3) for s in ct.spacing], "tiny": tiny,
             "single": single, "read_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2, "total_s": t3 - t0,
-            "cpu_s": _cpu_s() - c0, "stages_s": timings.stages, "windows": timings.windows,
-            "peak_rss_mb": round(_rss_mb()),
+            "cpu_s": cpu_seconds() - c0, "stages_s": timings.stages, "windows": timings.windows,
+            "peak_rss_mb": round(peak_rss_mb()),
             "rss_before_mb": round(rss0), "threads": torch.get_num_threads()}
 
 
@@ -242,11 +222,7 @@ def single_windows(case: str, tiny: bool) -> int:
 
 
 def spawn(args: list[str], threads: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args, "--threads", str(threads)], capture_output=True,
-                          text=True, env=_env(threads))
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {args} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _common.spawn(__file__, args, threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +230,10 @@ def spawn(args: list[str], threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 def part_sw(args) -> list[dict]:
     rows = []
-    for net, shape, patch, reps in (("tiny", (96, 192, 192), (32, 64, 64), 3),
-                                    ("paper", (60, 160, 160), (40, 128, 128), args.reps)):
+    runs = (("tiny", (96, 192, 192), (32, 64, 64), 3), ("paper", (60, 160, 160), (40, 128, 128), args.reps))
+    if args.quick:
+        runs = (("tiny", (32, 96, 96), (32, 64, 64), 1),)
+    for net, shape, patch, reps in runs:
         rows.append(spawn(["--worker", "sw", "--net", net, "--shape", *map(str, shape), "--patch",
                            *map(str, patch), "--reps", str(reps)], args.threads))
         print(table_sw(rows[-1:]), flush=True)
@@ -330,27 +308,12 @@ def table_cases(rows) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict:
-    import psutil
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)),
-            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
-            "load_avg_1min": round(os.getloadavg()[0], 2)}
+TITLE = "Inference: sliding window, cascade, seconds and memory per case"
 
 
 def markdown(res: dict) -> str:
-    m = res["machine"]
-    out = ["## Inference: sliding window, cascade, seconds and memory per case", "",
-           f"{res['date']}; machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, Python {m['python']}, "
-           f"{res['threads']} torch threads; 1-minute load average {m['load_avg_1min']} at the start, "
-           f"{res.get('load_end', '?')} at the end (a shared machine: other jobs ran beside this one, so times are "
-           "upper bounds). Networks have random weights (timing only).",
-           f"Command: `{res['command']}`", ""]
+    out = _common.header(TITLE, res["date"], res["machine"], res["command"], res["threads"], res.get("load_end"))
+    out[2] += " Times are upper bounds. Networks have random weights (timing only)."
     if res.get("sw"):
         out += ["**(a) Sliding window, ours vs MONAI** (same network, input, patch, overlap 0.5, Gaussian sigma "
                 "0.125; minimum of interleaved runs):", "", table_sw(res["sw"]), ""]
@@ -365,20 +328,22 @@ def markdown(res: dict) -> str:
         med = next((r for r in res["cases"] if r["which"] == "median" and not r["tiny"]), None)
         if med:
             out.append(f"Default recipe, paper-size networks, median KiTS19 geometry: **{med['total_s']:.0f} s** "
-                       f"per case on {m['cores']} cores (goal: under 120 s).")
+                       f"per case on {res['machine']['cores']} cores (goal: under 120 s).")
     return "\n".join(out).rstrip()
 
 
-def update_markdown(text: str) -> None:
-    section = f"{START}\n{text}\n{END}"
-    old = MD.read_text(encoding="utf-8") if MD.exists() else "# Benchmarks\n\nFigures measured by the scripts in bench/.\n"
-    if START in old and END in old:
-        new = old[:old.index(START)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = MD.with_name(".BENCHMARKS.md.part")
-    tmp.write_text(new)
-    os.replace(tmp, MD)
+def headlines(res: dict) -> list[tuple[str, str]]:
+    out = []
+    med = next((r for r in res.get("cases", []) if r["which"] == "median" and not r["tiny"]), None)
+    if med:
+        out.append(("predict the median KiTS19 geometry (121x512x512), default recipe, paper-size networks, "
+                    f"{res['machine']['cores']} CPU cores", f"{med['total_s']:.0f} s (read + predict + write), "
+                    f"peak RSS {med['peak_rss_mb']} MB"))
+    cas = next((r for r in res.get("cascade", []) if r["which"] == "median"), None)
+    if cas:
+        out.append(("cascade vs single-stage sliding window, same network, median geometry",
+                    f"{cas['cascade_s']:.1f} s vs {cas['single_s']:.1f} s ({1 / cas['ratio']:.0f}x faster)"))
+    return out
 
 
 def main() -> None:
@@ -396,6 +361,9 @@ def main() -> None:
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true",
+                    help="a few minutes: tiny networks only (sliding window on a small input, the smallest case); "
+                    "implies --no-update")
     args = ap.parse_args()
     if args.worker:
         import torch
@@ -409,27 +377,32 @@ def main() -> None:
             res = worker_case(args.case, args.tiny, args.single, out_dir)
         else:
             res = worker_window(args.tiny, args.reps)
-        print(json.dumps(res))
-        sys.stdout.flush()
-        os._exit(0)  # skip interpreter teardown (native libraries' exit handlers)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "inference.json"
-    res = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    res.update(date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine=machine(), threads=args.threads,
-               command="python bench/bench_inference.py " + " ".join(sys.argv[1:]))
+        _common.worker_exit(res)
+    if args.quick:
+        _common.require(SHARED / CASES["smallest"] / "segmentation.nii.gz")
+        res = {"date": _common.now(), "machine": _common.machine(), "threads": args.threads,
+               "command": _common.command("bench_inference.py")}
+        res["sw"] = part_sw(args)
+        res["cases"] = part_cases(args, kinds=("tiny",), cases=("smallest",))
+        print(markdown(res))
+        return
+    _common.require(SHARED)
+    name = "inference"
+    res = _common.read_json(name)  # parts not run now keep their last figures
+    res.update(date=_common.now(), machine=_common.machine(), threads=args.threads,
+               command=_common.command("bench_inference.py"))
     if "sw" in args.part:
         res["sw"] = part_sw(args)
     if "cases" in args.part:
         res["cases"] = part_cases(args)
     if "cascade" in args.part:
         res["cascade"] = part_cascade(args, res.get("cases", []) if "cases" in args.part else [])
-    res["load_end"] = round(os.getloadavg()[0], 2)
-    path.write_text(json.dumps(res, indent=1))
+    res["load_end"] = _common.load_1min()
+    _common.write_json(name, res)
     text = markdown(res)
     print(text)
     if not args.no_update:
-        update_markdown(text)
+        _common.update_markdown(name, text, headlines(res))
 
 
 if __name__ == "__main__":

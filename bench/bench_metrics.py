@@ -9,6 +9,7 @@ masks (its functions crop again inside); import times are excluded.
 
     .venv/bin/python bench/bench_metrics.py              # updates BENCHMARKS.md
     .venv/bin/python bench/bench_metrics.py --no-update
+    .venv/bin/python bench/bench_metrics.py --quick      # case_00061 (29 slices): seconds; no update
 
 Results: a table on stdout, JSON in bench/results/, and the section between ``<!-- metrics:start -->``
 and ``<!-- metrics:end -->`` of BENCHMARKS.md.
@@ -17,21 +18,15 @@ and ``<!-- metrics:end -->`` of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
-CASE = ROOT.parent / "shared" / "data" / "kits19" / "case_00005" / "segmentation.nii.gz"
-RESULTS, MD = ROOT / "bench" / "results", ROOT / "BENCHMARKS.md"
-START, END = "<!-- metrics:start -->", "<!-- metrics:end -->"
+import _common
+
+NAME = "metrics"
 REGIONS = {"kidney": [1, 2], "tumor": [2]}
 TOL = {"kidney": 1.0331, "tumor": 1.1498}
 
@@ -84,13 +79,20 @@ def _monai(pred, gt, spacing) -> tuple[float, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", default="case_00005", help="the KiTS19 case whose label map is the ground truth "
+                    "(default case_00005, the largest)")
     ap.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md")
+    ap.add_argument("--quick", action="store_true", help="--case case_00061 (the smallest); implies --no-update")
     args = ap.parse_args()
+    if args.quick:
+        args.case, args.no_update = "case_00061", True
     from kitseg.io import read_label
 
-    vol = read_label(CASE)
+    vol = read_label(_common.require(_common.SHARED_KITS19 / args.case / "segmentation.nii.gz"))
     gt, spacing = vol.array, vol.spacing
+    info = _common.machine()
+    when = _common.now()  # the start
     rows = []
     for far in (False, True):
         pred = _prediction(gt, far)
@@ -100,29 +102,28 @@ def main() -> None:
         rows.append({"prediction": "dilated kidney, eroded tumor" + (" + far false positive" if far else ""),
                      "kitseg_s": round(t_ours, 2), "monai_s": round(t_monai, 2), "max_abs_difference": diff})
         print(rows[-1], flush=True)
-    info = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
-            "cores": len(os.sched_getaffinity(0)), "load_avg_1min": round(os.getloadavg()[0], 2),
-            "volume": f"{gt.shape} at {tuple(round(s, 3) for s in spacing)} mm", "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "metrics.json").write_text(json.dumps(info, indent=2) + "\n")
-    if args.no_update:
-        return
-    lines = [START, "## Evaluation: surface metrics per case", "",
-             f"{info['date']}; {info['cores']} cores, Python {info['python']}; 1-minute load average "
-             f"{info['load_avg_1min']} at the start (a shared machine).",
-             "Command: `python bench/bench_metrics.py`", "",
-             f"KiTS19 case_00005 ground truth, {info['volume']}; kidney and tumor regions; Surface Dice at the "
-             "KiTS23 tolerances, HD95 and mean surface distance. MONAI: compute_hausdorff_distance, "
-             "compute_average_surface_distance, compute_surface_dice(use_subvoxels=True) on the box around both "
-             "masks.", "", "| prediction | kitseg s | MONAI s | largest difference |", "|---|---|---|---|"]
+    volume = f"{gt.shape} at {tuple(round(s, 3) for s in spacing)} mm"
+    _common.write_json(NAME + ("-check" if args.no_update else ""),
+                       {"date": when, "machine": info, "case": args.case, "volume": volume, "rows": rows})
+    lines = _common.header("Evaluation: surface metrics per case", when, info,
+                           _common.command("bench_metrics.py"))
+    lines += [f"KiTS19 {args.case} ground truth, {volume}; kidney and tumor regions; Surface Dice at the "
+              "KiTS23 tolerances, HD95 and mean surface distance. MONAI: compute_hausdorff_distance, "
+              "compute_average_surface_distance, compute_surface_dice(use_subvoxels=True) on the box around both "
+              "masks.", "", "| prediction | kitseg s | MONAI s | largest difference |", "|---|---|---|---|"]
     lines += [f"| {r['prediction']} | {r['kitseg_s']} | {r['monai_s']} | {r['max_abs_difference']:.2g} |" for r in rows]
-    lines.append(END)
-    text = MD.read_text(encoding="utf-8") if MD.exists() else "# Benchmarks\n"
-    if START in text:
-        text = text[:text.index(START)] + "\n".join(lines) + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    MD.write_text(text)
+    lines += ["", "Reading: the same HD95, MSD and Surface Dice as MONAI (largest difference "
+              f"{max(r['max_abs_difference'] for r in rows):.1g}), "
+              + ", ".join(f"{r['monai_s'] / max(r['kitseg_s'], 1e-9):.0f}x faster" for r in rows)
+              + " (without, with the far false positive, which makes MONAI's box the whole scan)."]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_update:
+        far = rows[-1]
+        shape = "x".join(map(str, gt.shape))
+        _common.update_markdown(NAME, text, [(f"surface metrics (HD95, MSD, Surface Dice; kidney and tumor) of "
+                                              f"{args.case} ({shape}) with a far false positive",
+                                              f"kitseg {far['kitseg_s']:.1f} s, MONAI {far['monai_s']:.0f} s")])
 
 
 if __name__ == "__main__":

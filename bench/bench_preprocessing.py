@@ -7,6 +7,7 @@ Also times intensity normalization (ours, in place, vs the plain numpy expressio
 
     .venv/bin/python bench/bench_preprocessing.py            # all methods, updates BENCHMARKS.md
     .venv/bin/python bench/bench_preprocessing.py --shape 153 128 128 --no-update   # a quick look
+    .venv/bin/python bench/bench_preprocessing.py --quick   # the same
 
 Results: a table on stdout, JSON in bench/results/, and the section between
 ``<!-- preprocessing:start -->`` and ``<!-- preprocessing:end -->`` of BENCHMARKS.md.
@@ -15,26 +16,14 @@ Results: a table on stdout, JSON in bench/results/, and the section between
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-MD = ROOT / "BENCHMARKS.md"
-START, END = "<!-- preprocessing:start -->", "<!-- preprocessing:end -->"
+import _common
+from _common import peak_rss_mb
+
 METHODS = ("ours", "sitk", "scipy", "ours_inplane", "sitk_inplane", "ours_labels", "sitk_labels", "norm_ours",
            "norm_numpy")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _volume(shape, spacing):
@@ -53,7 +42,7 @@ def worker(method: str, shape, spacing, target_z: float, threads: int) -> dict:
     import numpy as np
 
     vol = _volume(shape, spacing)
-    rss_input = _peak_rss_mb()
+    rss_input = peak_rss_mb()
     out: dict = {"method": method}
     inplane = (256, 256) if method.endswith("_inplane") else None  # 3D ResUNet 2.2: 2 mm slices, 256 x 256
     z_mm = 2.0 if inplane else target_z
@@ -130,31 +119,13 @@ def worker(method: str, shape, spacing, target_z: float, threads: int) -> dict:
     else:
         raise SystemExit(f"unknown method {method}")
     out.update(forward_s=round(t1 - t0, 3), back_s=round(t2 - t1, 3), total_s=round(t2 - t0, 3),
-               peak_rss_mb=round(_peak_rss_mb()), input_rss_mb=round(rss_input))
+               peak_rss_mb=round(peak_rss_mb()), input_rss_mb=round(rss_input))
     return out
 
 
-def machine() -> dict:
-    import psutil
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
-            "load_avg_1min": round(os.getloadavg()[0], 2)}
-
-
 def run_method(method: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, "--shape", *map(str, args.shape),
-           "--spacing", *map(str, args.spacing), "--target-z", str(args.target_z), "--threads", str(args.threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{method} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _common.spawn(__file__, ["--worker", method, "--shape", *map(str, args.shape), "--spacing",
+                                    *map(str, args.spacing), "--target-z", str(args.target_z)], args.threads, method)
 
 
 def table(rows: list[dict]) -> str:
@@ -174,16 +145,7 @@ LABELS = {"ours": "kitseg resample + restore, linear", "sitk": "SimpleITK Resamp
           "norm_ours": "normalize nnunet_ct (kitseg, chunked)", "norm_numpy": "normalize, plain numpy expression"}
 
 
-def update_markdown(text: str) -> None:
-    section = f"{START}\n{text}\n{END}"
-    old = MD.read_text(encoding="utf-8") if MD.exists() else "# Benchmarks\n\nFigures measured by the scripts in bench/.\n"
-    if START in old and END in old:
-        new = old[:old.index(START)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = MD.with_name(".BENCHMARKS.md.part")
-    tmp.write_text(new)
-    os.replace(tmp, MD)
+TITLE = "Preprocessing: resampling and normalization"
 
 
 def main() -> None:
@@ -194,11 +156,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="threads for torch / SimpleITK (default 2)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--no-update", action="store_true", help="do not rewrite the section of BENCHMARKS.md")
+    ap.add_argument("--quick", action="store_true", help="a 153 x 128 x 128 volume (seconds); implies --no-update")
     ap.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.shape, args.spacing, args.target_z, args.threads)))
-        return
+        _common.worker_exit(worker(args.worker, args.shape, args.spacing, args.target_z, args.threads))
+    if args.quick:
+        args.shape, args.no_update = [153, 128, 128], True
+    info = _common.machine()
+    when = _common.now()  # the start
     rows = []
     for m in args.methods:
         r = run_method(m, args)
@@ -214,26 +180,25 @@ def main() -> None:
     if "norm_ours" in by and "norm_numpy" in by:
         verdict.append(f"normalization {by['norm_numpy']['total_s'] / by['norm_ours']['total_s']:.1f}x faster than "
                        "the plain numpy expression")
-    info = machine()
-    cmd = "python bench/bench_preprocessing.py " + " ".join(sys.argv[1:])
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    md = (f"## Preprocessing: resampling and normalization\n\n"
-          f"{when}; machine: {info['cpu']}, {info['cores']} cores, {info['ram_gb']} GB RAM, "
-          f"Python {info['python']}, {args.threads} threads; 1-minute load average {info['load_avg_1min']} at the "
-          f"start (a shared machine: other jobs ran beside this one).\n"
-          f"Command: `{cmd.strip()}`\n\n"
-          f"Volume {args.shape[0]}x{args.shape[1]}x{args.shape[2]} float32 at "
-          f"{'x'.join(map(str, args.spacing))} mm (seeded random values) -> {args.target_z} mm slices -> back, "
-          f"unless the row says otherwise. Each row runs in a fresh process; peak RSS includes the input array "
-          f"(in brackets: the RSS right after making it). forward = to the new grid, back = to the original grid.\n\n"
-          f"{table(rows)}\n\n" + ("; ".join(verdict) + ".\n" if verdict else ""))
+    lines = _common.header(TITLE, when, info, _common.command("bench_preprocessing.py"), args.threads,
+                           _common.load_1min())
+    lines += [f"Volume {args.shape[0]}x{args.shape[1]}x{args.shape[2]} float32 at "
+              f"{'x'.join(map(str, args.spacing))} mm (seeded random values) -> {args.target_z} mm slices -> back, "
+              "unless the row says otherwise. Each row runs in a fresh process; peak RSS includes the input array "
+              "(in brackets: the RSS right after making it). forward = to the new grid, back = to the original grid.",
+              "", table(rows), ""]
+    if verdict:
+        lines.append("; ".join(verdict) + ".")
+    md = "\n".join(lines)
     print(md)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"preprocessing-{stamp}.json").write_text(json.dumps({"machine": info, "args": vars(args),
-                                                                      "rows": rows}, indent=1))
+    _common.write_json("preprocessing", {"machine": info, "args": vars(args), "rows": rows}, stamped=True)
     if not args.no_update:
-        update_markdown(md.rstrip("\n"))
+        heads = []
+        if "ours" in by and "sitk" in by and "scipy" in by:
+            heads.append((f"resample a {'x'.join(map(str, args.shape))} CT to {args.target_z} mm slices and back "
+                          "(linear)", f"kitseg {by['ours']['total_s']:.1f} s, SimpleITK {by['sitk']['total_s']:.1f} "
+                          f"s, scipy {by['scipy']['total_s']:.1f} s"))
+        _common.update_markdown("preprocessing", md, heads)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""What every benchmark script shares: paths, the machine description, results JSON, the sections of
+BENCHMARKS.md (and its summary table), and worker processes (fresh processes for time and peak RSS).
+
+The scripts run as ``python bench/NAME.py`` (this folder is on ``sys.path`` then) and import it as
+``import _common``. Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"  # JSON and caches (ignored by git)
+FIGURES = ROOT / "bench" / "figures"  # plots that BENCHMARKS.md links (committed)
+MD = ROOT / "BENCHMARKS.md"
+SHARED_KITS19 = ROOT.parent / "shared" / "data" / "kits19"
+HEADER = "# Benchmarks\n\nFigures measured by the scripts in bench/ (`make bench` runs them all).\n"
+SUMMARY = "summary"
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+# ---------------------------------------------------------------------------------------------
+def now() -> str:
+    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
+def stamp() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def load_1min() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine(gpu: bool = False) -> dict:
+    """CPU model, cores this process may use, RAM, Python and torch versions, the 1-minute load
+    average now; ``gpu``: also the CUDA device's name (imports torch)."""
+    import psutil
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out = {"cpu": _cpu_model(), "cores": cores, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+           "python": platform.python_version(), "torch": _version("torch"), "load_avg_1min": load_1min()}
+    if gpu:
+        import torch
+
+        out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return out
+
+
+def machine_line(m: dict, threads: int | None = None, load_end: float | None = None) -> str:
+    """One sentence for a BENCHMARKS.md section: the machine a figure came from."""
+    parts = [f"{m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM"]
+    if m.get("gpu"):
+        parts.append(m["gpu"])
+    parts.append(f"Python {m['python']}" + (f", torch {m['torch']}" if m.get("torch") else ""))
+    if threads:
+        parts.append(f"{threads} threads")
+    load = f"1-minute load average {m['load_avg_1min']} at the start"
+    if load_end is not None:
+        load += f", {load_end} at the end"
+    return f"machine: {', '.join(parts)}; {load} (a shared machine: other jobs may have run beside this one)."
+
+
+def command(script: str, argv: list[str] | None = None) -> str:
+    """The command line that produced a result, as a user would type it."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"bench/{script}", *args])
+
+
+def header(title: str, when: str, m: dict, cmd: str, threads: int | None = None,
+           load_end: float | None = None) -> list[str]:
+    """The first lines of a section: title, date and machine, command."""
+    return [f"## {title}", "", f"{when}; {machine_line(m, threads, load_end)}", f"Command: `{cmd}`", ""]
+
+
+# ---------------------------------------------------------------------------------------------
+# Results and BENCHMARKS.md
+# ---------------------------------------------------------------------------------------------
+def require(path: Path, what: str = "the KiTS19 label maps in ../shared/data/kits19") -> Path:
+    """Exit with a clear message (not a traceback) when a benchmark's input is absent."""
+    if not Path(path).exists():
+        raise SystemExit(f"{path} is absent: this benchmark needs {what}")
+    return Path(path)
+
+
+def write_json(name: str, data: dict, stamped: bool = False) -> Path:
+    """``bench/results/<name>.json`` (``<name>-<stamp>.json`` when ``stamped``), written atomically."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / (f"{name}-{stamp()}.json" if stamped else f"{name}.json")
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lstrip("#").strip().lower())
+    return "#" + text.replace(" ", "-")
+
+
+def _write_md(text: str) -> None:
+    tmp = MD.with_name(".BENCHMARKS.md.part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, MD)
+
+
+def _replace(doc: str, name: str, body: str, top: bool = False) -> str:
+    start, end = markers(name)
+    section = f"{start}\n{body.strip()}\n{end}"
+    if start in doc and end in doc:
+        return doc[: doc.index(start)] + section + doc[doc.index(end) + len(end):]
+    if top:  # after the document's title paragraph
+        head, sep, rest = doc.partition("\n\n")
+        para, sep2, rest2 = rest.partition("\n\n")
+        return f"{head}{sep}{para}\n\n{section}\n\n{rest2}" if sep2 else f"{doc.rstrip()}\n\n{section}\n"
+    return doc.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def update_markdown(name: str, body: str, headlines: list[tuple[str, str]] | None = None) -> None:
+    """Replace the section between ``<!-- name:start -->`` and ``<!-- name:end -->`` of BENCHMARKS.md
+    (append it when absent). ``headlines``: rows (what, figure) for the summary table at the top,
+    linked to this section; they replace this section's earlier rows and keep the other sections'."""
+    doc = MD.read_text(encoding="utf-8") if MD.exists() else HEADER
+    doc = _replace(doc, name, body)
+    if headlines is not None:
+        title = next((line for line in body.splitlines() if re.match(r"#{2,6} ", line)), f"## {name}")
+        link = anchor(title)
+        label = title.lstrip("#").strip().split(":")[0]
+        start, end = markers(SUMMARY)
+        rows = []
+        if start in doc and end in doc:
+            old = doc[doc.index(start) + len(start): doc.index(end)]
+            rows = [line for line in old.splitlines() if line.startswith("| ") and not line.startswith("| what")
+                    and f"]({link})" not in line]
+        rows += [f"| {what} | {figure} | [{label}]({link}) |" for what, figure in headlines]
+        rows.sort(key=_rank)  # stable: a section's rows keep their order
+        table = ["## Summary", "", "The headline figures of the sections below (each row links its section, which "
+                 "gives the date, the machine and the command).", "", "| what | figure | section |",
+                 "|---|---|---|", *rows]
+        doc = _replace(doc, SUMMARY, "\n".join(table), top=True)
+    _write_md(doc)
+
+
+def _rank(row: str) -> int:
+    found = re.search(r"\]\((#[^)]+)\) \|$", row)
+    return _ORDER.index(found.group(1)) if found and found.group(1) in _ORDER else len(_ORDER)
+
+
+# the order of the summary rows: that of the sections' anchors
+_ORDER = ["#inference-sliding-window-cascade-seconds-and-memory-per-case",
+          "#preprocessing-resampling-and-normalization", "#accuracy-on-rendered-phantoms-cascade-vs-single-stage",
+          "#training-throughput-of-every-recipes-paper-size-networks", "#training-throughput-on-a-gpu",
+          "#training-data-loading-vs-the-model",
+          "#evaluation-surface-metrics-per-case"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process: on a shared machine a steadier figure than wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def env(threads: int) -> dict:
+    """The environment of a worker: ``threads`` OpenMP threads, kitseg's sources importable."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))
+
+
+def spawn(script: str | Path, args: list[str], threads: int, what: str | None = None) -> dict:
+    """Run ``python SCRIPT ARGS --threads N`` in a fresh process; return the JSON object it printed last.
+
+    Peak RSS and time measured inside such a worker belong to the measured thing alone."""
+    proc = subprocess.run([sys.executable, str(script), *args, "--threads", str(threads)], capture_output=True,
+                          text=True, env=env(threads))
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {what or ' '.join(args)} failed (exit status {proc.returncode}):\n"
+                         f"{proc.stderr[-4000:]}")
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        raise SystemExit(f"worker {what or ' '.join(args)} printed nothing:\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1])
+
+
+def worker_exit(result: dict) -> None:
+    """End a worker: print its result as the last line and leave without interpreter teardown
+    (native libraries' exit handlers can hang or crash after heavy use)."""
+    print(json.dumps(result))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
