@@ -26,7 +26,7 @@ from kitseg.recipes.schema import Recipe
 from kitseg.recipes.tables import lookup
 from kitseg.training import logs
 from kitseg.training.loop import TrainOptions
-from kitseg.training.run import generic_tiny, train_recipe
+from kitseg.training.run import train_recipe
 from kitseg.volume import Volume
 from synthetic_kits import make_case, make_kits_dataset
 
@@ -70,11 +70,7 @@ def trained_runs() -> dict:
 
 def tiny_recipe(name: str, variant: str | None = None, overrides: dict | None = None) -> Recipe:
     """The recipe ``kitseg train --recipe NAME --variant V --tiny`` trains (src/kitseg/cli/train.py)."""
-    rec = load_recipe(name, overrides or {}, tiny=True, variant=variant)
-    if not rec.tiny:
-        rec = load_recipe(name, {**generic_tiny(load_recipe(name, variant=variant)), **(overrides or {})},
-                          variant=variant)
-    return rec
+    return load_recipe(name, overrides or {}, tiny=True, variant=variant)
 
 
 def one_step(recipe: Recipe, overrides: dict | None = None) -> Recipe:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from kitseg.errors import KitsegError
 from kitseg.recipes import load_recipe
@@ -505,6 +506,32 @@ def test_generic_tiny_shrinks_a_recipe_without_tiny_section():
     seg = small.stage("segment")
     net = build_network(seg.network.name, seg.in_channels, seg.target.out_channels, **seg.network.params)
     assert all(p <= 32 and p % d == 0 for p, d in zip(seg.patch_size, net.size_divisor))
+
+
+def test_tiny_without_a_tiny_section_applies_generic_tiny_everywhere(tmp_path, capsys):
+    """A user's recipe without a tiny section: load_recipe(tiny=True) (kitseg train --tiny) and
+    kitseg recipes --tiny shrink it with generic_tiny; --set still wins over the shrink."""
+    from kitseg.cli.main import main
+    from kitseg.recipes import recipe_path
+    from kitseg.training.run import generic_tiny
+
+    data = yaml.safe_load(recipe_path("zhang2019_cascade").read_text(encoding="utf-8"))
+    del data["tiny"]
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump(data), encoding="utf-8")
+    full = load_recipe(mine)
+    assert not full.tiny and full.stage("segment").epochs > 2
+    tiny = load_recipe(mine, ["stages.localize.epochs=3"], tiny=True)
+    expected = generic_tiny(full)
+    for s in tiny.stages:
+        assert s.iterations_per_epoch == 2 and s.batch_size <= 2 and max(s.patch_size) <= 32
+        assert s.network.params == expected[f"stages.{s.name}.network.params"]
+    assert tiny.stage("segment").epochs == 2 and tiny.stage("localize").epochs == 3
+    capsys.readouterr()
+    assert main(["recipes", str(mine), "--tiny"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert [s["epochs"] for s in shown["stages"]] == [2, 2]
+    assert [s["patch_size"] for s in shown["stages"]] == [list(s.patch_size) for s in tiny.stages]
 
 
 def test_parse_folds():

@@ -62,12 +62,10 @@ def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[
     from kitseg.recipes import load_recipe
     from kitseg.training.distributed import cleanup, init_distributed
     from kitseg.training.loop import TrainOptions
-    from kitseg.training.run import generic_tiny, train_recipe
+    from kitseg.training.run import train_recipe
 
     overrides = _sets(sets)
     rec = load_recipe(recipe, overrides, tiny=tiny, variant=variant)
-    if tiny and not rec.tiny:
-        rec = load_recipe(recipe, {**generic_tiny(load_recipe(recipe, variant=variant)), **overrides}, variant=variant)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dist = init_distributed(device)

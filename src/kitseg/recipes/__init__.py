@@ -39,7 +39,9 @@ def recipe_path(name_or_path: str | Path) -> Path:
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] = (), *, tiny: bool = False,
                 variant: str | None = None) -> Recipe:
-    """Load, override and validate a recipe. Order: file, variant, --tiny, then --set overrides."""
+    """Load, override and validate a recipe. Order: file, variant, --tiny, then --set overrides.
+
+    ``tiny``: the recipe's ``tiny`` section, or ``kitseg.training.run.generic_tiny`` when it has none."""
     path = recipe_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -54,7 +56,12 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
                               f"variants: {', '.join(variants) or 'none'}", path)
         data = apply_overrides(data, variants[variant], path)
     if tiny:
-        data = apply_overrides(data, data.get("tiny", {}), path)
+        shrink = data.get("tiny")
+        if not shrink:  # no tiny section: every network's tiny parameters, 2 short epochs, small patches
+            from kitseg.training.run import generic_tiny
+
+            shrink = generic_tiny(validate_recipe(data, path))
+        data = apply_overrides(data, shrink, path)
     if isinstance(overrides, dict):
         items = overrides
     else:
