@@ -6,11 +6,13 @@ not accuracy):
 (a) ``--part sw``: ``kitseg.inference.sliding_window`` vs ``monai.inferers.sliding_window_inference``
     on the same network, input, patch and overlap (Gaussian, sigma 0.125): max |difference| and
     time, runs interleaved (ours, MONAI, ours, MONAI, ...), minimum per method reported.
-(b) ``--part cascade``: the default recipe (``kitseg_cascade``: 4 mm localizer + Zhang et al.'s
-    stage 2 on one box per kidney) vs a single-stage sliding window of the same stage-2 network
-    over the whole CT at the stage-2 spacing, on the smallest and the median KiTS19 geometry
-    (measured) and the largest (the single stage extrapolated from its window count and a measured
-    time per window, said so in the table).
+(b) ``--part cascade``: per case (smallest, median and largest KiTS19 geometry), seconds and
+    peak RSS of the default recipe (``kitseg_cascade``: 4 mm localizer + Zhang et al.'s stage 2 on
+    one box per kidney) vs a single-stage sliding window of the same stage-2 network over the whole
+    CT at the stage-2 spacing, once with ours and once with MONAI's ``sliding_window_inference``
+    (same patch, overlap, Gaussian sigma), each in a fresh process. A single stage with more than
+    ``--max-single-windows`` windows is extrapolated from its window count and a measured time per
+    window instead (said so in the table).
 (c) ``--part cases``: seconds (read, predict, write) and peak RSS per case for the smallest,
     median and largest KiTS19 geometry, tiny and paper-size networks, each in a fresh process.
 
@@ -22,6 +24,7 @@ standing in for a trained localizer (the crop boxes are those a trained stage 1 
 
     .venv/bin/python bench/bench_inference.py                  # everything (an hour or more on 2 cores)
     .venv/bin/python bench/bench_inference.py --part sw --no-update
+    .venv/bin/python bench/bench_inference.py --part cascade --cases smallest   # remeasure one row
     .venv/bin/python bench/bench_inference.py --quick          # a few minutes: tiny networks, smallest case
 
 Results: tables on stdout, JSON in bench/results/, and the section between
@@ -162,7 +165,25 @@ def worker_sw(net: str, shape, patch, overlap: float, reps: int) -> dict:
             "max_abs_diff": diff}
 
 
-def worker_case(case: str, tiny: bool, single: bool, out_dir: Path) -> dict:
+def _use_monai_sliding_window() -> None:
+    """Make the inference's sliding windows MONAI's ``sliding_window_inference`` (same patch, overlap
+    and Gaussian sigma), for the single-stage comparison."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from kitseg.inference import cascade
+
+    def monai_sw(image, predictor, patch_size, overlap=0.5, *, weights="gaussian", sw_batch_size=1, device="cpu",
+                 **_):
+        mode = "gaussian" if weights == "gaussian" else "constant"
+        with torch.inference_mode():  # ours runs its windows without autograd too
+            return sliding_window_inference(image[None].to(device), list(patch_size), sw_batch_size, predictor, overlap,
+                                            mode=mode, sigma_scale=0.125)[0]
+
+    cascade.sliding_window = monai_sw
+
+
+def worker_case(case: str, tiny: bool, single: bool, out_dir: Path, monai: bool = False) -> dict:
     import torch
 
     from kitseg.inference import CaseTimings, predict_case
@@ -173,6 +194,8 @@ def worker_case(case: str, tiny: bool, single: bool, out_dir: Path) -> dict:
     run = _run(recipe)
     if not single:
         _oracle_localizer(SHARED / case / "segmentation.nii.gz")
+    if monai:
+        _use_monai_sliding_window()
     c0 = cpu_seconds()
     t0 = time.perf_counter()
     ct = read_volume(fake_ct(case))
@@ -180,10 +203,12 @@ def worker_case(case: str, tiny: bool, single: bool, out_dir: Path) -> dict:
     timings = CaseTimings()
     pred = predict_case(ct, run, timings=timings)
     t2 = time.perf_counter()
-    write_volume(pred, out_dir / f"{case}_{'tiny' if tiny else 'paper'}_{'single' if single else 'cascade'}.nii.gz")
+    kind = ("single_monai" if monai else "single") if single else "cascade"
+    write_volume(pred, out_dir / f"{case}_{'tiny' if tiny else 'paper'}_{kind}.nii.gz")
     t3 = time.perf_counter()
     return {"case": case, "shape": list(ct.shape), "spacing": [round(s, 3) for s in ct.spacing], "tiny": tiny,
-            "single": single, "read_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2, "total_s": t3 - t0,
+            "single": single, "monai": monai, "read_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2,
+            "total_s": t3 - t0,
             "cpu_s": cpu_seconds() - c0, "stages_s": timings.stages, "windows": timings.windows,
             "peak_rss_mb": round(peak_rss_mb()),
             "rss_before_mb": round(rss0), "threads": torch.get_num_threads()}
@@ -253,10 +278,10 @@ def part_cases(args, kinds=("tiny", "paper"), cases=("smallest", "median", "larg
     return rows
 
 
-def part_cascade(args, case_rows: list[dict]) -> list[dict]:
+def part_cascade(args, case_rows: list[dict], cases=("smallest", "median", "largest")) -> list[dict]:
     per_window = spawn(["--worker", "window", "--reps", "3"], args.threads)["window_s"]
     rows = []
-    for which in ("smallest", "median", "largest"):
+    for which in cases:
         case = CASES[which]
         cascade = next((r for r in case_rows if r["case"] == case and not r["tiny"] and not r["single"]), None)
         if cascade is None:
@@ -264,16 +289,38 @@ def part_cascade(args, case_rows: list[dict]) -> list[dict]:
             cascade = spawn(["--worker", "case", "--case", case], args.threads)
         n = single_windows(case, False)
         row = {"which": which, "case": case, "shape": cascade["shape"], "cascade_s": cascade["predict_s"],
-               "cascade_windows": cascade["windows"], "single_windows": n, "window_s": per_window}
-        if which == "largest" or n > args.max_single_windows:
+               "cascade_rss_mb": cascade["peak_rss_mb"], "cascade_windows": cascade["windows"],
+               "single_windows": n, "window_s": per_window}
+        if n > args.max_single_windows:
             row.update(single_s=n * per_window, single_measured=False)
         else:
             single = spawn(["--worker", "case", "--case", case, "--single"], args.threads)
-            row.update(single_s=single["predict_s"], single_measured=True, single_rss_mb=single["peak_rss_mb"])
+            monai = spawn(["--worker", "case", "--case", case, "--single", "--monai"], args.threads)
+            row.update(single_s=single["predict_s"], single_measured=True, single_rss_mb=single["peak_rss_mb"],
+                       monai_s=monai["predict_s"], monai_rss_mb=monai["peak_rss_mb"],
+                       labels_differ=_labels_differ(case))
         row["ratio"] = row["cascade_s"] / row["single_s"]
         rows.append(row)
         print(table_cascade(rows[-1:]), flush=True)
     return rows
+
+
+def _labels_differ(case: str) -> int:
+    """Voxels where the single stage's label maps with ours and with MONAI's sliding window differ."""
+    import nibabel as nib
+    import numpy as np
+
+    out = RESULTS / "inference_outputs"
+    a, b = (np.asarray(nib.load(out / f"{case}_paper_{k}.nii.gz").dataobj) for k in ("single", "single_monai"))
+    return int((a != b).sum())
+
+
+def merge_rows(old: list[dict], new: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """The rows measured now replace the earlier rows with the same ``keys``; the table keeps the
+    order smallest, median, largest (tiny before paper-size)."""
+    done = {tuple(r.get(k) for k in keys) for r in new}
+    rows = [r for r in old if tuple(r.get(k) for k in keys) not in done] + new
+    return sorted(rows, key=lambda r: (bool(not r.get("tiny", False)), list(CASES).index(r["which"])))
 
 
 def table_sw(rows) -> str:
@@ -288,12 +335,21 @@ def table_sw(rows) -> str:
 
 
 def table_cascade(rows) -> str:
-    lines = ["| case | shape | cascade s (windows) | single stage s (windows) | ratio |", "|---|---|---|---|---|"]
+    lines = ["| case | shape | cascade s (windows) | RSS MB | single stage, ours s (windows) | RSS MB | "
+             "single stage, MONAI s | RSS MB | cascade / single | ours / MONAI |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def mb(r, key):
+        return str(r[key]) if r.get(key) is not None else "-"
+
     for r in rows:
         w = ", ".join(f"{k} {v}" for k, v in r["cascade_windows"].items())
-        how = "measured" if r["single_measured"] else f"extrapolated: {r['single_windows']} x {r['window_s']:.2f} s"
+        how = "" if r["single_measured"] else f"; extrapolated: {r['single_windows']} x {r['window_s']:.2f} s"
+        monai = f"{r['monai_s']:.1f}" if r.get("monai_s") else "-"
+        vs = f"{r['single_s'] / r['monai_s']:.3f}" if r.get("monai_s") else "-"
         lines.append(f"| {r['which']} {r['case']} | {'x'.join(map(str, r['shape']))} | {r['cascade_s']:.1f} ({w}) | "
-                     f"{r['single_s']:.1f} ({r['single_windows']}; {how}) | {r['ratio']:.3f} |")
+                     f"{mb(r, 'cascade_rss_mb')} | {r['single_s']:.1f} ({r['single_windows']}{how}) | "
+                     f"{mb(r, 'single_rss_mb')} | {monai} | {mb(r, 'monai_rss_mb')} | {r['ratio']:.3f} | {vs} |")
     return "\n".join(lines)
 
 
@@ -314,14 +370,25 @@ TITLE = "Inference: sliding window, cascade, seconds and memory per case"
 def markdown(res: dict) -> str:
     out = _common.header(TITLE, res["date"], res["machine"], res["command"], res["threads"], res.get("load_end"))
     out[2] += " Times are upper bounds. Networks have random weights (timing only)."
+    used = {r.get("run") for part in ("sw", "cascade", "cases") for r in res.get(part, [])} - {None}
+    runs = [r for r in res.get("runs", []) if r["date"] in used]
+    if len(runs) > 1:  # rows from several runs: say which
+        out.insert(4, "The rows come from several runs on this machine: " + "; ".join(
+            f"{r['date']} `{r['command']}` measured {', '.join(_measured(res, r['date']))}" for r in runs) + ".")
+        out.insert(5, "")
     if res.get("sw"):
         out += ["**(a) Sliding window, ours vs MONAI** (same network, input, patch, overlap 0.5, Gaussian sigma "
                 "0.125; minimum of interleaved runs):", "", table_sw(res["sw"]), ""]
     if res.get("cascade"):
-        out += ["**(b) Cascade vs single stage** (`kitseg_cascade`, paper-size networks; single stage = the same "
-                "stage-2 network, one input channel, Gaussian sliding window over the whole CT at 3.22 x 1.62 x "
-                "1.62 mm; cascade = 4 mm localizer + one box per kidney; predict time, read/write excluded):", "",
+        out += ["**(b) Cascade vs single stage, per case** (`kitseg_cascade`, paper-size networks; single stage = "
+                "the same stage-2 network, one input channel, Gaussian sliding window over the whole CT at 3.22 x "
+                "1.62 x 1.62 mm, with ours and with MONAI's `sliding_window_inference`; cascade = 4 mm localizer "
+                "+ one box per kidney; predict seconds, read/write excluded; peak RSS of the whole process, each "
+                "run in a fresh process):", "",
                 table_cascade(res["cascade"]), ""]
+    reading = inference_reading(res)
+    if reading:
+        out += [reading, ""]
     if res.get("cases"):
         out += ["**(c) Seconds and peak RSS per case** (`kitseg_cascade`, read + predict + write in a fresh process; "
                 "tiny = the recipe's `--tiny` networks):", "", table_cases(res["cases"]), ""]
@@ -330,6 +397,43 @@ def markdown(res: dict) -> str:
             out.append(f"Default recipe, paper-size networks, median KiTS19 geometry: **{med['total_s']:.0f} s** "
                        f"per case on {res['machine']['cores']} cores (goal: under 120 s).")
     return "\n".join(out).rstrip()
+
+
+def _measured(res: dict, date: str) -> list[str]:
+    """What the run of ``date`` measured, e.g. ["(a)", "(b) smallest"]."""
+    out = []
+    for part, label in (("sw", "(a)"), ("cascade", "(b)"), ("cases", "(c)")):
+        rows = [r for r in res.get(part, []) if r.get("run") == date]
+        if rows and part != "sw" and len(rows) < len(res[part]):
+            label += " " + ", ".join(dict.fromkeys(r["which"] for r in rows))
+        if rows:
+            out.append(label)
+    return out
+
+
+def inference_reading(res: dict) -> str:
+    """What (a) and (b) say together, from the figures."""
+    vs = [min(r["ours_s"]) / min(r["monai_s"]) for r in res.get("sw", [])]
+    vs += [r["single_s"] / r["monai_s"] for r in res.get("cascade", []) if r.get("monai_s")]
+    ratios = [r["ratio"] for r in res.get("cascade", [])]
+    parts = []
+    if vs:
+        lo, hi = min(vs), max(vs)
+        same = "the same speed within a few per cent" if 0.85 <= lo and hi <= 1.15 else (
+            "ours faster" if hi < 1 else "MONAI faster" if lo > 1 else "neither consistently faster")
+        differ = [r["labels_differ"] for r in res.get("cascade", []) if r.get("labels_differ") is not None]
+        diffs = [r["max_abs_diff"] for r in res.get("sw", [])]
+        same_out = (("identical results (" if not any(differ) and max(diffs, default=0) <= 1e-4 else "results: (")
+                    + ", ".join(
+            ([f"probabilities differ by at most {max(diffs):.1e} in (a)"] if diffs else [])
+            + ([f"label maps differ in {sum(differ)} voxels in (b)"] if differ else [])) + ")")
+        parts.append(f"ours / MONAI sliding window: {lo:.2f}-{hi:.2f} over {len(vs)} comparisons, {same_out}, "
+                     f"{same} (single runs on a shared machine vary by about that much); kitseg keeps its "
+                     "own because the papers' variants need it (majority voting, explicit strides, keep-the-centre "
+                     "z-windows) and it falls back to CPU accumulation when CUDA runs out of memory")
+    if ratios:
+        parts.append(f"cascade / single stage: {min(ratios):.3f}-{max(ratios):.3f} (goal: at most 0.25)")
+    return ("Reading: " + "; ".join(parts) + ".") if parts else ""
 
 
 def headlines(res: dict) -> list[tuple[str, str]]:
@@ -349,6 +453,9 @@ def headlines(res: dict) -> list[tuple[str, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", nargs="+", choices=("sw", "cascade", "cases"), default=["sw", "cases", "cascade"])
+    ap.add_argument("--cases", nargs="+", choices=tuple(CASES), default=list(CASES),
+                    help="the KiTS19 geometries of parts cascade and cases (default: all three; rows of the others "
+                    "keep their last figures)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--reps", type=int, default=2, help="interleaved repetitions of the paper-size sliding window")
     ap.add_argument("--max-single-windows", type=int, default=400,
@@ -361,6 +468,7 @@ def main() -> None:
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--monai", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true",
                     help="a few minutes: tiny networks only (sliding window on a small input, the smallest case); "
                     "implies --no-update")
@@ -374,7 +482,7 @@ def main() -> None:
         elif args.worker == "case":
             out_dir = RESULTS / "inference_outputs"
             out_dir.mkdir(parents=True, exist_ok=True)
-            res = worker_case(args.case, args.tiny, args.single, out_dir)
+            res = worker_case(args.case, args.tiny, args.single, out_dir, args.monai)
         else:
             res = worker_window(args.tiny, args.reps)
         _common.worker_exit(res)
@@ -391,13 +499,21 @@ def main() -> None:
     res = _common.read_json(name)  # parts not run now keep their last figures
     res.update(date=_common.now(), machine=_common.machine(), threads=args.threads,
                command=_common.command("bench_inference.py"))
+    run = {"date": res["date"], "command": res["command"]}
+
+    def tag(rows):  # which run measured a row (rows of earlier runs keep theirs)
+        return [{**r, "run": run["date"]} for r in rows]
+
     if "sw" in args.part:
-        res["sw"] = part_sw(args)
+        res["sw"] = tag(part_sw(args))
+    cases = tuple(c for c in CASES if c in args.cases)  # in the table's order
     if "cases" in args.part:
-        res["cases"] = part_cases(args)
+        res["cases"] = merge_rows(res.get("cases", []), tag(part_cases(args, cases=cases)), ("which", "tiny"))
     if "cascade" in args.part:
-        res["cascade"] = part_cascade(args, res.get("cases", []) if "cases" in args.part else [])
-    res["load_end"] = _common.load_1min()
+        new = part_cascade(args, res.get("cases", []) if "cases" in args.part else [], cases)
+        res["cascade"] = merge_rows(res.get("cascade", []), tag(new), ("which",))
+    res["load_end"] = run["load_end"] = _common.load_1min()
+    res["runs"] = [r for r in res.get("runs", []) if r["date"] != run["date"]] + [run]
     _common.write_json(name, res)
     text = markdown(res)
     print(text)
