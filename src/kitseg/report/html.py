@@ -32,7 +32,7 @@ h1{font-size:26px;margin-bottom:4px} h2{font-size:20px;border-bottom:2px solid #
 .meta{color:#555;font-size:13px} .warn{background:#fff4e0;border-left:5px solid #E69F00;padding:8px 12px;margin:12px 0}
 table{border-collapse:collapse;font-size:14px} th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f0f0f0} td:first-child,th:first-child{text-align:left}
-tr:nth-child(even) td{background:#fafafa} td.low{background:#fde2e2;font-weight:bold}
+tr:nth-child(even) td{background:#fafafa} td.low,tr:nth-child(even) td.low{background:#fde2e2;font-weight:bold}
 .kv td{text-align:left} .case img{max-width:100%;border:1px solid #ddd} .case{margin-bottom:28px}
 .legend span{display:inline-block;width:28px;height:0;border-top:3px solid;margin:0 6px 3px 12px;vertical-align:middle}
 .small{font-size:13px;color:#444} a{color:#0072B2}
