@@ -36,6 +36,14 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run folder with untrained tiny networks (tests/inference_runs.py): fast, and deterministic."""
+    from inference_runs import GEOMETRY_RECIPE, recipe_from_yaml, write_run
+
+    return write_run(tmp_path_factory.mktemp("run"), recipe_from_yaml(GEOMETRY_RECIPE))
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

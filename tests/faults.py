@@ -1,4 +1,4 @@
-"""Fault injection helpers for tests/test_faults.py.
+"""Fault injection helpers for tests/test_faults.py and tests/test_faults_input.py.
 
 - ``Launcher``: runs `kitseg ARGV` in fresh processes (forked from one warm interpreter), to its end,
   under a file-size or memory limit, or SIGKILLed at a given moment after its work has begun;
@@ -7,8 +7,8 @@
   ``tree_bytes``: what a killed or failed run left behind;
 - ``read_only_setup``: a folder that refuses writes, for root too.
 
-Every injected fault and fuzzed case is counted in ``TALLY``; test_faults.py prints the counts and
-docs/RELIABILITY.md quotes them.
+Every injected fault and fuzzed case is counted in ``TALLY`` (``report`` prints one line per fault,
+``print_totals`` a module's totals); docs/RELIABILITY.md quotes them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,22 @@ from kitseg.training.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TALLY: Counter = Counter()  # "kills", "resource", "hostile", "fuzz", "kept": over the whole test module
+TALLY: Counter = Counter()  # "kills", "resource", "hostile", "fuzz", "kept": over one test module
+TALLY_WORDS = {"kills": "SIGKILLs", "resource": "resource faults", "hostile": "hostile inputs", "fuzz": "fuzzed cases"}
+
+
+def report(test: str, text: str) -> None:
+    """One ``[faults]`` line: what a test injected and what came of it."""
+    print(f"[faults] {test}: {text}")
+
+
+def print_totals(failed: int) -> None:
+    """The module's totals of injected faults and fuzzed cases (``TALLY``), and whether anything was lost."""
+    counts = ", ".join(f"{TALLY[k]} {w}" for k, w in TALLY_WORDS.items() if TALLY[k])
+    kept = (f"; {TALLY['kept']} results finished before a kill were kept (not redone) by the rerun"
+            if TALLY["kills"] else "")
+    print(f"\n[faults] total: {counts or 'nothing injected'}{kept}; "
+          + (f"{failed} TESTS FAILED" if failed else "nothing lost or corrupted"))
 
 
 def cli(*args) -> list[str]:

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from kitseg.errors import KitsegError
 from kitseg.recipes import load_recipe
@@ -20,7 +19,7 @@ from kitseg.training.optim import EarlyStopping, build_optimizer, build_schedule
 from kitseg.training.sampling import Draw, Geometry, Sampler, make_sample, make_train_case
 from kitseg.training.splits import ensure_splits, make_splits
 from kitseg.training.targets import class_labels, classes_to_labels, make_target
-from synthetic_kits import make_case, make_kits_dataset, write_tiny_recipe
+from synthetic_kits import make_case, write_tiny_recipe
 
 KITS = TargetSpec(kind="softmax", classes={"kidney": [1], "tumor": [2]})
 LOCALIZE = TargetSpec(kind="softmax", classes={"kidney": [1, 2]})
@@ -350,73 +349,6 @@ def test_time_limit_stops_after_an_epoch_and_resumes(tmp_path):
     assert full.finished and not full.time_limited and full.epochs_done == 3
 
 
-def test_train_recipe_shares_the_time_limit_between_stages(tmp_path, monkeypatch):
-    """Each (stage, fold) gets an equal share of the budget left when it starts (a fake clock)."""
-    import types
-
-    from kitseg.training import run as run_mod
-    from kitseg.training.loop import StageResult
-    from kitseg.training.run import time_share, train_recipe
-
-    assert time_share(100.0, 4) == 25.0 and time_share(-5.0, 2) == 0.0 and time_share(10.0, 0) == 10.0
-    clock = [1000.0]
-    shares = []
-
-    def fake_train_stage(stage, train, val, out_dir, targets, *, fold, options):
-        shares.append((stage.name, fold, options.time_limit_s))
-        clock[0] += 10.0 if stage.name == "localize" else 60.0  # localize ends early, segment overruns
-        return StageResult(stage.name, fold, out_dir, 1, False, 1, 0.5, time_limited=True)
-
-    monkeypatch.setattr(run_mod, "train_stage", fake_train_stage)
-    monkeypatch.setattr(run_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
-    data = make_kits_dataset(tmp_path / "data", n=4)
-    recipe = write_tiny_recipe(tmp_path / "tiny.yaml")
-    options = TrainOptions(progress=False, time_limit_s=120.0)
-    results = train_recipe(load_recipe(recipe), data, tmp_path / "run", folds="0,1", options=options, n_splits=2)
-    assert [(s, f) for s, f, _ in shares] == [("localize", 0), ("localize", 1), ("segment", 0), ("segment", 1)]
-    assert [t for _, _, t in shares] == [30.0, 110 / 3, 50.0, 40.0]  # 120/4, 110/3, 100/2, 40/1
-    assert all(r.time_limited for r in results)
-    # kitseg train --time-limit takes minutes
-    from kitseg.cli.main import main
-
-    shares.clear()
-    args = ["train", "--recipe", str(recipe), "--data", str(data), "-o", str(tmp_path / "run"), "--no-progress",
-            "--n-splits", "2", "--stage", "segment", "--time-limit", "1.5"]
-    assert main(args) == 0
-    assert shares == [("segment", 0, 90.0)]
-
-
-def test_tiny_cascade_trains_end_to_end(tmp_path):
-    from kitseg.cli.main import main
-
-    data = make_kits_dataset(tmp_path / "data", n=4)
-    recipe = write_tiny_recipe(tmp_path / "tiny.yaml")
-    run = tmp_path / "run"
-    args = ["train", "--recipe", str(recipe), "--data", str(data), "-o", str(run), "--no-progress", "--n-splits", "2"]
-    assert main(args) == 0
-    for name in ("recipe.json", "dataset.json", "fingerprint.json", "splits.json"):
-        assert (run / name).is_file(), name
-    assert len(json.loads((run / "splits.json").read_text(encoding="utf-8"))["folds"]) == 2
-    for stage in ("localize", "segment"):
-        fold = run / stage / "fold_0"
-        for name in ("checkpoint_last.pt", "checkpoint_best.pt", "log.csv", "curves.png"):
-            assert (fold / name).is_file(), f"{stage}/{name}"
-        assert (fold / "log.csv").read_text(encoding="utf-8").count("\n") == 3
-        assert any((fold / "tensorboard").iterdir())
-    models = load_stage_models(run, "segment")
-    assert len(models) == 1 and not models[0].training
-    ck = load_checkpoint(run / "segment" / "fold_0" / "checkpoint_last.pt")
-    assert ck["network"]["in_channels"] == 2 and ck["network"]["out_channels"] == 3 and ck["finished"]
-    with torch.no_grad():
-        assert models[0](torch.zeros(1, 2, 8, 16, 16)).shape == (1, 3, 8, 16, 16)
-    # the same command again refuses to overwrite; --resume sees the finished stages and returns
-    assert main(args) == 2
-    assert main([*args, "--resume"]) == 0
-    # another recipe in the same folder is refused; unknown stage too
-    assert main([*args, "--resume", "--set", "stages.segment.optimizer.lr=0.5"]) == 2
-    assert main([*args, "--stage", "nope"]) == 2
-
-
 def test_worker_processes_give_the_same_batches():
     """Draws come from the main process and cutting is pure: DataLoader workers change nothing."""
     from kitseg.training.data import TrainBatches
@@ -489,57 +421,3 @@ def test_paper_stage_configurations_train(tmp_path, name):
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in result.history)
     ck = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert ck["network"]["name"] == stage.network.name and ck["epoch"] == 2
-
-
-def test_generic_tiny_shrinks_a_recipe_without_tiny_section():
-    from kitseg.nets import build_network
-    from kitseg.recipes.__init__ import apply_overrides, validate_recipe
-    from kitseg.training.run import generic_tiny
-
-    recipe = _tiny_recipe_obj()
-    big = apply_overrides(recipe.model_dump(), {"stages.segment.patch_size": [40, 128, 128],
-                                                "stages.segment.epochs": 300})
-    big = validate_recipe(big)
-    over = generic_tiny(big)
-    assert over["stages.segment.epochs"] == 2 and over["stages.segment.iterations_per_epoch"] == 2
-    small = validate_recipe(apply_overrides(big.model_dump(), over))
-    seg = small.stage("segment")
-    net = build_network(seg.network.name, seg.in_channels, seg.target.out_channels, **seg.network.params)
-    assert all(p <= 32 and p % d == 0 for p, d in zip(seg.patch_size, net.size_divisor))
-
-
-def test_tiny_without_a_tiny_section_applies_generic_tiny_everywhere(tmp_path, capsys):
-    """A user's recipe without a tiny section: load_recipe(tiny=True) (kitseg train --tiny) and
-    kitseg recipes --tiny shrink it with generic_tiny; --set still wins over the shrink."""
-    from kitseg.cli.main import main
-    from kitseg.recipes import recipe_path
-    from kitseg.training.run import generic_tiny
-
-    data = yaml.safe_load(recipe_path("zhang2019_cascade").read_text(encoding="utf-8"))
-    del data["tiny"]
-    mine = tmp_path / "mine.yaml"
-    mine.write_text(yaml.safe_dump(data), encoding="utf-8")
-    full = load_recipe(mine)
-    assert not full.tiny and full.stage("segment").epochs > 2
-    tiny = load_recipe(mine, ["stages.localize.epochs=3"], tiny=True)
-    expected = generic_tiny(full)
-    for s in tiny.stages:
-        assert s.iterations_per_epoch == 2 and s.batch_size <= 2 and max(s.patch_size) <= 32
-        assert s.network.params == expected[f"stages.{s.name}.network.params"]
-    assert tiny.stage("segment").epochs == 2 and tiny.stage("localize").epochs == 3
-    capsys.readouterr()
-    assert main(["recipes", str(mine), "--tiny"]) == 0
-    shown = yaml.safe_load(capsys.readouterr().out)
-    assert [s["epochs"] for s in shown["stages"]] == [2, 2]
-    assert [s["patch_size"] for s in shown["stages"]] == [list(s.patch_size) for s in tiny.stages]
-
-
-def test_parse_folds():
-    from kitseg.training.run import parse_folds
-
-    assert parse_folds("all", 5) == [0, 1, 2, 3, 4]
-    assert parse_folds("0,2", 5) == [0, 2] and parse_folds(3, 5) == [3] and parse_folds(None, 5) == [0]
-    with pytest.raises(KitsegError, match="does not exist"):
-        parse_folds("5", 5)
-    with pytest.raises(KitsegError, match="fold number"):
-        parse_folds("first", 5)
