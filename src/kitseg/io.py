@@ -99,7 +99,7 @@ def _from_nibabel(obj: Any) -> Volume:
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
-def _check_header(path: Path) -> tuple[tuple[int, ...], int]:
+def read_header(path: Path) -> tuple[tuple[int, ...], int]:
     """Read only the header; refuse non-3D images and absurd sizes before allocating anything.
 
     Returns the (x, y, z) size the header claims and the bytes per voxel ITK will read it into.
@@ -267,7 +267,7 @@ def read_volume(src: VolumeLike, *, check_finite: bool = True) -> Volume:
                     f"not an image file (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder)", path)
             if path.stat().st_size == 0:
                 raise KitsegError("file is empty", path)
-            size, voxel_bytes = _check_header(path)
+            size, voxel_bytes = read_header(path)
             if path.name.lower().endswith((".gz", ".nii")):
                 scan = _scan_file(path)
                 if scan.data_offset is not None and scan.itemsize is not None:

@@ -31,7 +31,7 @@ from kitseg.datasets import find_images
 from kitseg.errors import KitsegError
 from kitseg.inference.cascade import Probabilities, predict_case
 from kitseg.inference.run import LoadedRun
-from kitseg.io import write_volume
+from kitseg.io import read_header, write_volume
 from kitseg.volume import Volume, reorient
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,8 @@ def _image_size(image) -> str:
         size = image.shape[::-1]
     else:
         try:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(image))
-            reader.ReadImageInformation()
-            size = reader.GetSize()
-        except RuntimeError:  # a DICOM folder or an in-memory image: the detail has to do
+            size, _ = read_header(Path(image))
+        except (KitsegError, TypeError):  # a DICOM folder or an in-memory image: the detail has to do
             return ""
     voxels = float(np.prod(size, dtype=np.float64))
     return (f"the {' x '.join(map(str, size))} image ({voxels / 1e6:.1f} M voxels, {voxels * 4 / 2**20:.0f} MiB per "
