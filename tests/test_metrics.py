@@ -101,8 +101,15 @@ def test_detection_definitions():
     pred[2, 2, 2] = 2  # one voxel inside the first tumor is enough
     pred[1:3, 1:3, 15:18] = 2  # false-positive tumor
     d = detection(pred, gt)
-    assert d == {"gt_tumors": 2, "pred_tumors": 2, "detected_tumors": 1, "false_positive_tumors": 1,
-                 "sensitivity": 0.5, "specificity": None, "outcome": "TP"}
+    assert d == {"gt_tumors": 2, "pred_tumors": 2, "detected_tumors": 1, "missed_tumors": 1,
+                 "false_positive_tumors": 1, "sensitivity": 0.5, "specificity": None, "outcome": "TP"}
+    only_fp = np.zeros_like(gt)
+    only_fp[1:3, 1:3, 15:18] = 2  # every ground-truth tumor missed, a tumor predicted elsewhere: still a miss
+    d = detection(only_fp, gt)
+    assert (d["outcome"], d["detected_tumors"], d["missed_tumors"], d["false_positive_tumors"]) == ("FN", 0, 2, 1)
+    # with a voxel size, pieces under 0.1 ml are not tumors: 1 ml voxels make the 1-voxel hit no tumor
+    d = detection(pred, gt, voxel_ml=1.0 / 12)  # 12 voxels = 1 ml; the single voxel is 0.083 ml
+    assert (d["pred_tumors"], d["detected_tumors"], d["outcome"]) == (1, 0, "FN")
     none = np.zeros_like(gt)
     assert detection(none, gt)["outcome"] == "FN" and detection(none, gt)["sensitivity"] == 0.0
     assert detection(pred, none)["outcome"] == "FP" and detection(pred, none)["specificity"] == 0.0
@@ -224,7 +231,7 @@ def _case(seed: int, tumor: bool = True) -> np.ndarray:
     lab = np.zeros((10, 24, 24), np.uint8)
     lab[2:8, 4:12 + seed, 4:12] = 1
     if tumor:
-        lab[3:6, 5:8, 5:8 + seed] = 2
+        lab[2:8, 5:11, 5:8 + seed] = 2  # 0.18-0.23 ml: tumors of at least 0.1 ml count (kitseg.metrics.tumors)
     return lab
 
 

@@ -65,7 +65,7 @@ def test_feret_diameter_exact_on_a_box_and_against_brute_force(rng):
 def test_laterality_uses_the_body_midline_not_the_image_centre():
     image, labels = _phantom(body_cx=50.0, tumor=False, body_rx=28.0)
     arr = labels.array.copy()
-    arr[10:13, 30:33, 45:48] = 2  # tumor right of the image centre (39.5) but left of the body's (50)
+    arr[10:13, 29:34, 44:49] = 2  # 0.19 ml tumor right of the image centre (39.5) but left of the body's (50)
     labels = labels.with_array(arr)
     assert body_midline_x(arr, image.array) == pytest.approx(50.0, abs=1.0)  # a kidney pokes out of the body
     assert measure(labels, image).tumor_side == "right"
@@ -79,6 +79,39 @@ def test_choose_slices_goes_through_the_largest_tumor_cross_sections():
     assert (z, y, x) == (16, 26, 63) and "predicted tumor" in what
     (z, y, x), what = choose_slices(np.zeros_like(labels.array), labels.array)
     assert (z, y, x) == (16, 26, 63) and "ground-truth tumor" in what
+
+
+def test_choose_slices_shows_a_missed_ground_truth_tumor_not_a_false_positive():
+    _, labels = _phantom()
+    gt = labels.array
+    pred = np.where(gt == 2, 1, gt).astype(np.uint8)  # the real tumor missed...
+    pred[10:13, 36:41, 18:23] = 2  # ...and a false-positive tumor (0.19 ml) in the right kidney
+    (z, y, x), what = choose_slices(pred, gt, voxel_ml=labels.voxel_volume_ml)
+    assert (z, y, x) == (16, 26, 63) and "missed" in what
+    pred[16, 26, 63] = 2  # one voxel inside is not a predicted tumor (under 0.1 ml): still missed
+    assert "missed" in choose_slices(pred, gt, voxel_ml=labels.voxel_volume_ml)[1]
+    pred[15:18, 24:29, 61:66] = 2  # now a predicted tumor overlaps it: the planes follow the prediction
+    assert "predicted tumor" in choose_slices(pred, gt, voxel_ml=labels.voxel_volume_ml)[1]
+
+
+def test_tumor_counts_agree_between_measurements_and_metrics():
+    """One tumor definition (kitseg.metrics.tumors): pieces under 0.1 ml are not tumors, in the report and
+    in metrics.csv alike; a case whose only tumor was missed is a false negative despite false positives."""
+    from kitseg.metrics import evaluate_case
+
+    image, labels = _phantom()
+    gt = labels.array
+    pred = np.where(gt == 2, 1, gt).astype(np.uint8)
+    pred[10:13, 36:41, 18:23] = 2  # a 0.19 ml false-positive tumor
+    pred[5, 30, 20] = 2  # a 0.0025 ml speck: not a tumor anywhere
+    pv = labels.with_array(pred)
+    m = measure(pv, image)
+    row = evaluate_case(pv, labels, distances=False)
+    assert m.tumor_count == row.detection.pred_tumors == 1
+    assert m.tumor_ml == pytest.approx(76 * labels.voxel_volume_ml)  # the speck still counts in the volume
+    assert measure(labels, image).tumor_count == row.detection.gt_tumors == 1
+    d = row.detection
+    assert (d.detected_tumors, d.missed_tumors, d.false_positive_tumors, d.outcome) == (0, 1, 1, "FN")
 
 
 def test_slice_numbers_follow_the_file_order(tmp_path):

@@ -54,7 +54,8 @@ def format_summary(summary: Summary) -> str:
         def fmt(x: float | None) -> str:
             return "n/a" if x is None else f"{x:.3f}"
         lines.append(f"  tumor detection: {d.detected_tumors}/{d.gt_tumors} tumors found "
-                     f"(sensitivity {fmt(d.lesion_sensitivity)}), {d.false_positive_tumors} false-positive tumor(s); "
+                     f"(sensitivity {fmt(d.lesion_sensitivity)}), {d.missed_tumors} missed, "
+                     f"{d.false_positive_tumors} false-positive tumor(s); "
                      f"cases TP {d.tp_cases} FN {d.fn_cases} FP {d.fp_cases} TN {d.tn_cases}, "
                      f"case specificity {fmt(d.case_specificity)}")
     return "\n".join(lines)

@@ -52,6 +52,7 @@ class DetectionScores(_Strict):
     gt_tumors: int
     pred_tumors: int
     detected_tumors: int
+    missed_tumors: int
     false_positive_tumors: int
     sensitivity: float | None
     specificity: float | None
@@ -86,6 +87,7 @@ class CaseRow(_Strict):
 class DetectionSummary(_Strict):
     gt_tumors: int
     detected_tumors: int
+    missed_tumors: int
     false_positive_tumors: int
     lesion_sensitivity: float | None  # detected / GT tumors over all cases
     tp_cases: int
@@ -207,7 +209,8 @@ def evaluate_case(pred: Volume, gt: Volume, spec: DatasetSpec = KITS19, toleranc
         spacing_mm=gt.spacing,
         kits19=Kits19Scores(**kits19_case_scores(p, g)) if is_kits19_like(spec) else None,
         regions={k: RegionScores(**v) for k, v in regions.items()},
-        detection=DetectionScores(**detection(p, g, (tumor,))) if tumor is not None else None,
+        detection=(DetectionScores(**detection(p, g, (tumor,), voxel_ml=gt.voxel_volume_ml))
+                   if tumor is not None else None),
         pred_volumes_ml=volumes_ml(p, pred.voxel_volume_ml, names),
         gt_volumes_ml=volumes_ml(g, gt.voxel_volume_ml, names),
     )
@@ -236,6 +239,7 @@ def _detection_summary(rows: list[CaseRow]) -> DetectionSummary | None:
     gt_t = sum(d.gt_tumors for d in dets)
     return DetectionSummary(
         gt_tumors=gt_t, detected_tumors=sum(d.detected_tumors for d in dets),
+        missed_tumors=sum(d.missed_tumors for d in dets),
         false_positive_tumors=sum(d.false_positive_tumors for d in dets),
         lesion_sensitivity=sum(d.detected_tumors for d in dets) / gt_t if gt_t else None,
         tp_cases=count["TP"], fn_cases=count["FN"], fp_cases=count["FP"], tn_cases=count["TN"],

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from kitseg.errors import KitsegError
-from kitseg.postprocessing.components import bbox, label_components
+from kitseg.metrics.tumors import tumor_components
+from kitseg.postprocessing.components import bbox
 
 
 def in_labels(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
@@ -78,17 +79,19 @@ def kits19_case_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 
 def detection(pred: np.ndarray, gt: np.ndarray, tumor_labels: tuple[int, ...] = (2,),
-              connectivity: int = 26) -> dict[str, float | int | str | None]:
-    """Tumor detection for one case.
+              connectivity: int = 26, voxel_ml: float | None = None) -> dict[str, float | int | str | None]:
+    """Tumor detection for one case, with the tumor definition of :mod:`kitseg.metrics.tumors`.
 
-    Tumors are the ``connectivity``-connected components of ``label in tumor_labels``.
-    - A ground-truth tumor is *detected* when at least one predicted tumor voxel lies inside it.
-    - A predicted tumor component is a *false-positive tumor* when it overlaps no ground-truth tumor.
+    Tumors are the ``connectivity``-connected components of ``label in tumor_labels`` of at least
+    ``MIN_TUMOR_ML`` (when ``voxel_ml``, the volume of a voxel in ml, is given; else every component).
+    - A ground-truth tumor is *detected* when a predicted tumor overlaps it, else *missed*.
+    - A predicted tumor that overlaps no ground-truth tumor is a *false-positive tumor*.
     - ``sensitivity`` = detected / ground-truth tumors (None for a case without ground-truth tumor).
-    - Case level: the case is positive when its ground truth has a tumor; ``outcome`` is TP (GT tumor,
-      some predicted tumor), FN (GT tumor, no predicted tumor), FP (no GT tumor, predicted tumor) or
-      TN (neither). ``specificity`` is defined for negative cases only: 1.0 for TN, 0.0 for FP, None
-      for positive cases. Dataset-level sensitivity/specificity are computed from the counts.
+    - Case level: the case is positive when its ground truth has a tumor; ``outcome`` is TP (a
+      ground-truth tumor detected), FN (every ground-truth tumor missed, even when false-positive
+      tumors were predicted elsewhere), FP (no GT tumor, predicted tumor) or TN (neither).
+      ``specificity`` is defined for negative cases only: 1.0 for TN, 0.0 for FP, None for positive
+      cases. Dataset-level sensitivity/specificity are computed from the counts.
     """
     pred = np.asarray(pred)
     gt = np.asarray(gt)
@@ -97,19 +100,20 @@ def detection(pred: np.ndarray, gt: np.ndarray, tumor_labels: tuple[int, ...] = 
     box = bbox(gt_t | pred_t)
     if box is not None:  # label only the box around the tumors
         gt_t, pred_t = gt_t[box], pred_t[box]
-    gt_comp, gt_sizes = label_components(gt_t, connectivity)
-    pred_comp, pred_sizes = label_components(pred_t, connectivity)
+    gt_comp, gt_sizes = tumor_components(gt_t, voxel_ml, connectivity)
+    pred_comp, pred_sizes = tumor_components(pred_t, voxel_ml, connectivity)
     n_gt, n_pred = gt_sizes.size - 1, pred_sizes.size - 1
-    hit_gt = np.unique(gt_comp[pred_t])
+    hit_gt = np.unique(gt_comp[pred_comp > 0])
     detected = int(np.count_nonzero(hit_gt))
-    hit_pred = np.unique(pred_comp[gt_t])
+    hit_pred = np.unique(pred_comp[gt_comp > 0])
     false_pos = n_pred - int(np.count_nonzero(hit_pred))
     positive, predicted = n_gt > 0, n_pred > 0
-    outcome = ("TP" if predicted else "FN") if positive else ("FP" if predicted else "TN")
+    outcome = ("TP" if detected else "FN") if positive else ("FP" if predicted else "TN")
     return {
         "gt_tumors": n_gt,
         "pred_tumors": n_pred,
         "detected_tumors": detected,
+        "missed_tumors": n_gt - detected,
         "false_positive_tumors": false_pos,
         "sensitivity": detected / n_gt if positive else None,
         "specificity": None if positive else (0.0 if predicted else 1.0),

@@ -22,6 +22,16 @@ def _dice_of(row, spec: DatasetSpec) -> dict[str, float]:
     return {name.replace("_", " "): r.dice for name, r in row.regions.items()}
 
 
+def _detection_note(row) -> str | None:
+    d = row.detection if row is not None else None
+    if d is None or (d.gt_tumors == 0 and d.false_positive_tumors == 0):
+        return None
+    text = f"ground-truth tumors: {d.detected_tumors} found, {d.missed_tumors} missed" if d.gt_tumors else ""
+    if d.false_positive_tumors:
+        text += ("; " if text else "") + f"{d.false_positive_tumors} false-positive tumor(s)"
+    return text
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -34,6 +44,9 @@ def _measurements_csv(cases: list[CaseEntry]) -> str:
         row = {"case_id": c.case_id, **{f"pred_{k}": v for k, v in c.pred.model_dump().items()}}
         if c.gt is not None:
             row.update({f"gt_{k}": v for k, v in c.gt.model_dump().items()})
+        if c.detection is not None:
+            row.update({"found_tumors": c.detection.detected_tumors, "missed_tumors": c.detection.missed_tumors,
+                        "false_positive_tumors": c.detection.false_positive_tumors})
         if c.dice:
             row.update({f"dice_{k.replace(' ', '_')}": v for k, v in c.dice.items()})
         rows.append(row)
@@ -81,10 +94,11 @@ def make_report(pred_dir: str | Path, images_dir: str | Path, out_dir: str | Pat
             check_same_grid(image, gt, f"case {cid} CT and ground truth")
         pred_m = measure(pred, image, tumor, cyst)
         gt_m: Measurements | None = measure(gt, image, tumor, cyst) if gt is not None else None
-        dice = _dice_of(evaluate_case(pred, gt, spec, {}, cid, distances=False), spec) if gt is not None else None
-        png = case_figure(image, pred, gt, pred_m, gt_m, cid, dice, tumor, cyst)
+        row = evaluate_case(pred, gt, spec, {}, cid, distances=False) if gt is not None else None
+        dice = _dice_of(row, spec) if row is not None else None
+        png = case_figure(image, pred, gt, pred_m, gt_m, cid, dice, tumor, cyst, _detection_note(row))
         _write_bytes(out_dir / f"{cid}.png", png)
-        cases.append(CaseEntry(cid, pred_m, gt_m, dice, png))
+        cases.append(CaseEntry(cid, pred_m, gt_m, dice, png, row.detection if row is not None else None))
     box = None
     if any(c.dice for c in cases):
         names = list(dict.fromkeys(k for c in cases if c.dice for k in c.dice))

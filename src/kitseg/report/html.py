@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kitseg import __version__
+from kitseg.metrics.evaluate import DetectionScores
 from kitseg.report.measure import Measurements
 
 LOW_DICE = 0.5  # table cells below this get a marker, so a reader finds the failures
@@ -23,6 +24,7 @@ class CaseEntry:
     gt: Measurements | None
     dice: dict[str, float] | None  # label -> Dice vs ground truth
     png: bytes
+    detection: DetectionScores | None = None  # tumors found / missed / false positive (with ground truth)
 
 
 _CSS = """
@@ -55,6 +57,15 @@ def _dice_cell(v: float | None) -> str:
     return f"<td>{v:.3f}</td>"
 
 
+def _found_cell(d: DetectionScores | None) -> str:
+    if d is None or d.gt_tumors == 0:
+        return "<td>—</td>"
+    text = f"{d.detected_tumors} / {d.missed_tumors}"
+    if d.missed_tumors:
+        return f'<td class="low" title="{d.missed_tumors} ground-truth tumor(s) missed">{text} ▼</td>'
+    return f"<td>{text}</td>"
+
+
 def _summary_rows(cases: list[CaseEntry], dice_names: list[str]) -> list[tuple[str, str]]:
     n = len(cases)
     with_tumor = sum(c.pred.tumor_count > 0 for c in cases)
@@ -68,14 +79,20 @@ def _summary_rows(cases: list[CaseEntry], dice_names: list[str]) -> list[tuple[s
         if vals:
             rows.append((f"Dice {name}: median (mean; min–max)",
                          f"{np.median(vals):.3f} ({np.mean(vals):.3f}; {min(vals):.3f}–{max(vals):.3f})"))
-    if any(c.gt is not None for c in cases):
-        pos = [c for c in cases if c.gt is not None and c.gt.tumor_count > 0]
-        neg = [c for c in cases if c.gt is not None and c.gt.tumor_count == 0]
-        found = sum(c.pred.tumor_count > 0 for c in pos)
-        rows.append(("Cases with a ground-truth tumor in which a tumor was predicted", f"{found} of {len(pos)}"))
+    dets = [c.detection for c in cases if c.detection is not None]
+    if dets:  # the definitions of metrics.csv (kitseg.metrics.tumors)
+        pos = [d for d in dets if d.gt_tumors > 0]
+        neg = [d for d in dets if d.gt_tumors == 0]
+        rows.append(("Cases with a ground-truth tumor in which a ground-truth tumor was found",
+                     f"{sum(d.outcome == 'TP' for d in pos)} of {len(pos)}"))
+        gt_n = sum(d.gt_tumors for d in dets)
+        rows.append(("Ground-truth tumors found / missed",
+                     f"{sum(d.detected_tumors for d in dets)} / {sum(d.missed_tumors for d in dets)} of {gt_n}"))
+        rows.append(("False-positive tumors (overlapping no ground-truth tumor)",
+                     str(sum(d.false_positive_tumors for d in dets))))
         if neg:
-            clean = sum(c.pred.tumor_count == 0 for c in neg)
-            rows.append(("Cases without ground-truth tumor and without predicted tumor", f"{clean} of {len(neg)}"))
+            rows.append(("Cases without ground-truth tumor and without predicted tumor",
+                         f"{sum(d.outcome == 'TN' for d in neg)} of {len(neg)}"))
     return rows
 
 
@@ -103,8 +120,8 @@ def render_page(cases: list[CaseEntry], title: str, sources: dict[str, str], box
             "Largest tumor<br>diameter (mm)", "Tumor side"]
     groups = [("", 1), ("Prediction" if has_gt else "Segmentation", len(head))]
     if has_gt:
-        head += ["Tumor<br>volume (ml)", "Largest tumor<br>diameter (mm)", "Tumor side"]
-        groups.append(("Ground truth", 3))
+        head += ["Tumor<br>volume (ml)", "Largest tumor<br>diameter (mm)", "Tumor side", "Tumors found /<br>missed"]
+        groups.append(("Ground truth", 4))
     head += [html.escape(n) for n in dice_names]
     if dice_names:
         groups.append(("Dice (prediction vs ground truth)", len(dice_names)))
@@ -120,7 +137,7 @@ def render_page(cases: list[CaseEntry], title: str, sources: dict[str, str], box
             g = c.gt
             cells += [f"<td>{_num(g.tumor_ml) if g else '—'}</td>",
                       f"<td>{_num(g.largest_tumor_diameter_mm, 0) if g else '—'}</td>",
-                      f"<td>{g.tumor_side if g else '—'}</td>"]
+                      f"<td>{g.tumor_side if g else '—'}</td>", _found_cell(c.detection)]
         cells += [_dice_cell(c.dice.get(n) if c.dice else None) for n in dice_names]
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
@@ -148,6 +165,7 @@ measured between voxel centres; it can be short by up to one voxel size (often 0
 <li><b>Tumor side</b>: side of each tumor's centre; "both" when tumors lie on both sides.</li>
 <li><b>Dice</b>: 2&nbsp;|A&cap;B| / (|A|+|B|) between prediction and ground truth; 1 = identical, 0 = no overlap.
 KiTS19 convention: "kidney" is kidney including tumor.</li>
-<li>Tumor pieces smaller than 0.1 ml are not counted as separate tumors unless there is no larger one (they still
-count in the tumor volume).</li>
+<li><b>Tumors</b>: connected tumor pieces of at least 0.1 ml; smaller pieces count in the tumor volume but not as
+tumors. A ground-truth tumor is <b>found</b> when a predicted tumor overlaps it and <b>missed</b> otherwise; a
+predicted tumor overlapping no ground-truth tumor is a false positive. The same definitions as metrics.csv.</li>
 </ul>"""

@@ -7,6 +7,8 @@ Definitions (also in docs/EVALUATION.md):
   volume, 26-connectivity): the largest distance in mm between the centres of two of its surface
   voxels, in patient coordinates (spacing and direction applied). Measured between voxel centres it
   can be short of the true extent by up to one voxel size along the measured direction.
+- Tumors: the 26-connected tumor pieces of at least 0.1 ml (``kitseg.metrics.tumors``, the definition
+  metrics.csv uses too); smaller pieces count in the tumor volume, not in the count, side or diameter.
 - Laterality: canonical arrays have x pointing to the patient's LEFT (higher x index = more to the
   patient's left). The body midline is the x centroid of the body (CT > -500 HU) on the slices
   holding the kidneys, or the image centre without an image. A voxel or a component (by its
@@ -21,11 +23,11 @@ from pydantic import BaseModel, ConfigDict
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from kitseg.postprocessing.components import bbox, label_components
+from kitseg.metrics.tumors import tumor_components
+from kitseg.postprocessing.components import bbox
 from kitseg.volume import Volume
 
 BODY_HU = -500.0
-MIN_COMPONENT_ML = 0.1  # smaller tumor components are left out of count and side, unless no larger one exists
 
 
 class Measurements(BaseModel):
@@ -98,14 +100,15 @@ def measure(labels: Volume, image: Volume | None = None, tumor: int = 2, cyst: i
     sides, count, largest_ml, diameter = set(), 0, None, None
     box = bbox(arr == tumor)
     if box is not None:
-        comp, sizes = label_components(arr[box] == tumor, 26)
-        keep = [k for k in range(1, sizes.size) if sizes[k] * ml >= MIN_COMPONENT_ML] or [int(np.argmax(sizes[1:])) + 1]
-        count = len(keep)
-        centroids = ndimage.center_of_mass(np.ones(comp.shape), comp, keep)
-        sides = {"left" if c[2] + box[2].start >= mid else "right" for c in centroids}
-        big = keep[int(np.argmax(sizes[keep]))]
-        largest_ml = float(sizes[big]) * ml
-        diameter = max_feret_diameter_mm(comp == big, labels, tuple(b.start for b in box))
+        comp, sizes = tumor_components(arr[box] == tumor, ml)
+        count = sizes.size - 1
+        if count:
+            keep = list(range(1, sizes.size))
+            centroids = ndimage.center_of_mass(np.ones(comp.shape), comp, keep)
+            sides = {"left" if c[2] + box[2].start >= mid else "right" for c in centroids}
+            big = int(np.argmax(sizes[1:])) + 1
+            largest_ml = float(sizes[big]) * ml
+            diameter = max_feret_diameter_mm(comp == big, labels, tuple(b.start for b in box))
     side = "none" if not sides else ("both" if len(sides) == 2 else sides.pop())
     return Measurements(kidney_ml=float(n_fg - n_tumor - n_cyst) * ml, tumor_ml=n_tumor * ml,
                         cyst_ml=n_cyst * ml if cyst is not None else None, kidney_with_masses_ml=n_fg * ml,

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from kitseg.metrics.tumors import tumor_components
 from kitseg.report.measure import Measurements
 from kitseg.volume import Volume
 
@@ -27,13 +28,21 @@ VIEW_MARGIN_MM = 30.0
 _OUTLINE = [patheffects.withStroke(linewidth=3, foreground="black")]
 
 
-def choose_slices(pred: np.ndarray, gt: np.ndarray | None, tumor: int = 2) -> tuple[tuple[int, int, int], str]:
+def choose_slices(pred: np.ndarray, gt: np.ndarray | None, tumor: int = 2,
+                  voxel_ml: float | None = None) -> tuple[tuple[int, int, int], str]:
     """(z, y, x) of the planes through the largest extent of the tumor, and what they go through.
 
-    Each plane is the one where the structure's cross-section is largest: the predicted tumor, else
-    the ground-truth tumor, else the predicted kidney, else the ground-truth kidney, else the centre.
+    Each plane is the one where the structure's cross-section is largest: the largest ground-truth
+    tumor when the prediction missed it (``kitseg.metrics.tumors``; ``voxel_ml`` sets the 0.1 ml
+    minimum), else the predicted tumor, else the ground-truth tumor, else the predicted kidney, else
+    the ground-truth kidney, else the centre.
     """
-    candidates = [(pred == tumor, "the predicted tumor")]
+    candidates = []
+    if gt is not None:
+        missed = _largest_missed_tumor(pred == tumor, gt == tumor, voxel_ml)
+        if missed is not None:
+            candidates.append((missed, "the largest ground-truth tumor, which the prediction missed"))
+    candidates.append((pred == tumor, "the predicted tumor"))
     if gt is not None:
         candidates.append((gt == tumor, "the ground-truth tumor"))
     candidates.append((pred > 0, "the predicted kidneys"))
@@ -45,6 +54,18 @@ def choose_slices(pred: np.ndarray, gt: np.ndarray | None, tumor: int = 2) -> tu
                         for ax in range(3))
             return idx, f"planes through the largest cross-sections of {what}"  # type: ignore[return-value]
     return tuple(s // 2 for s in pred.shape), "central planes (nothing segmented)"  # type: ignore[return-value]
+
+
+def _largest_missed_tumor(pred_t: np.ndarray, gt_t: np.ndarray, voxel_ml: float | None) -> np.ndarray | None:
+    """The mask of the largest ground-truth tumor when no predicted tumor overlaps it, else None."""
+    if not gt_t.any():
+        return None
+    gt_comp, gt_sizes = tumor_components(gt_t, voxel_ml)
+    if gt_sizes.size <= 1:
+        return None
+    big = gt_comp == int(np.argmax(gt_sizes[1:])) + 1
+    pred_comp, _ = tumor_components(pred_t, voxel_ml)
+    return None if (pred_comp[big] > 0).any() else big
 
 
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
@@ -153,17 +174,21 @@ TABLE_LABELS = ["Kidney incl. tumor, patient's right / left (ml)", "Kidney incl.
 
 
 def case_figure(image: Volume, pred: Volume, gt: Volume | None, pred_m: Measurements, gt_m: Measurements | None,
-                title: str, scores: dict[str, float] | None = None, tumor: int = 2, cyst: int | None = None) -> bytes:
+                title: str, scores: dict[str, float] | None = None, tumor: int = 2, cyst: int | None = None,
+                note: str | None = None) -> bytes:
     """PNG bytes of :func:`render_case`."""
-    return _png(render_case(image, pred, gt, pred_m, gt_m, title, scores, tumor, cyst))
+    return _png(render_case(image, pred, gt, pred_m, gt_m, title, scores, tumor, cyst, note))
 
 
 def render_case(image: Volume, pred: Volume, gt: Volume | None, pred_m: Measurements, gt_m: Measurements | None,
-                title: str, scores: dict[str, float] | None = None, tumor: int = 2, cyst: int | None = None) -> Figure:
-    """Axial, coronal and sagittal panels (``fig.axes[:3]``) with contours, a legend and a measurement table."""
+                title: str, scores: dict[str, float] | None = None, tumor: int = 2, cyst: int | None = None,
+                note: str | None = None) -> Figure:
+    """Axial, coronal and sagittal panels (``fig.axes[:3]``) with contours, a legend and a measurement table.
+
+    ``note``: appended to the Dice line (the report puts the tumors found / missed there)."""
     ct, lab = image.array, pred.array
     gt_arr = None if gt is None else gt.array
-    (z, y, x), through = choose_slices(lab, gt_arr, tumor)
+    (z, y, x), through = choose_slices(lab, gt_arr, tumor, pred.voxel_volume_ml)
     sz, sy, sx = image.spacing
     fg = lab > 0 if gt_arr is None else (lab > 0) | (gt_arr > 0)
     bz, by, bx = _view_box(fg, image.spacing)
@@ -191,6 +216,8 @@ def render_case(image: Volume, pred: Volume, gt: Volume | None, pred_m: Measurem
                 f"CT window W{WINDOW_WIDTH:.0f}/L{WINDOW_LEVEL:.0f} HU")
     if scores:
         subtitle += "\nDice vs ground truth: " + " · ".join(f"{k} {v:.3f}" for k, v in scores.items())
+    if note:
+        subtitle += ("; " if scores else "\n") + note
     fig.suptitle(title, fontsize=16, fontweight="bold", y=1 - 0.12 / height, va="top")
     fig.text(0.5, 1 - 0.6 / height, subtitle, ha="center", va="center", fontsize=11)
 
