@@ -19,11 +19,15 @@ from kitseg.errors import KitsegError
               help="The run folder `kitseg train -o` wrote (every trained fold is ensembled). Repeat it to "
                    "average several runs of one cascade (e.g. TuNet's model variants); the first run's "
                    "post-processing and final step are used.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: cuda when torch sees a GPU, else cpu (as kitseg train).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Autocast precision of the networks: auto = bf16 on a CPU with AMX or AVX512-BF16 and on GPUs "
+              "that support it, fp16 on other GPUs, fp32 on other CPUs.")
 @click.option("--tta", is_flag=True, help="Mirroring test-time augmentation (2-8x slower).")
 @click.option("--save-probabilities", is_flag=True,
               help="Also write <case>_probabilities.npz (float16, the label file's array order).")
-def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str, tta: bool,
+def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str, precision: str, tta: bool,
             save_probabilities: bool) -> None:
     """Segment kidney and tumor: uint8 labels (0 background, 1 kidney, 2 tumor; KiTS23: 3 cyst).
 
@@ -36,6 +40,13 @@ def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str,
     from kitseg.inference import load_run, predict_file, predict_folder
     from kitseg.inference.cascade import ensemble_note
     from kitseg.io import is_image_file
+    from kitseg.precision import resolve_precision
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = resolve_precision(precision, device)
 
     single = is_image_file(output)
     cases = find_images(inputs)
@@ -45,12 +56,14 @@ def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str,
     note = ensemble_note(run)
     if note:
         click.echo(f"note: {note}", err=True)
+    click.echo(f"predicting with {chosen.describe()}", err=True)
     if single:
         case_id, path = cases[0]
-        predict_file(path, output, run, tta=tta, save_probabilities=save_probabilities, case_id=case_id)
+        predict_file(path, output, run, tta=tta, save_probabilities=save_probabilities, case_id=case_id,
+                     precision=chosen)
         click.echo(f"wrote {output}")
         return
-    summary = predict_folder(inputs, output, run, tta=tta, save_probabilities=save_probabilities)
+    summary = predict_folder(inputs, output, run, tta=tta, save_probabilities=save_probabilities, precision=chosen)
     click.echo(summary.describe())
     if summary.count("failed"):
         raise KitsegError(f"{summary.count('failed')} of {len(summary.cases)} cases failed (listed above)", output)

@@ -31,8 +31,10 @@ def _sets(items: tuple[str, ...]) -> dict:
 @click.option("--stage", "stages", multiple=True, help="Train only this stage (repeatable). Default: all stages.")
 @click.option("--variant", help="A variant (ablation) of the recipe.")
 @click.option("--epochs", type=click.IntRange(1), help="Override every stage's number of epochs.")
-@click.option("--tiny", is_flag=True, help="Tiny networks and few epochs (the recipe's `tiny` section, else a "
-              "generic shrink): for a quick check on a CPU.")
+@click.option("--profile", type=click.Choice(["paper", "tiny", "cpu"]), default="paper", show_default=True,
+              help="paper: the recipe as published; cpu: scaled so that 30 min on 2 CPU cores gives the method's "
+              "best model (docs/METHODS.md); tiny: tiny networks and few epochs, a check of the whole path.")
+@click.option("--tiny", is_flag=True, help="Same as --profile tiny.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set stages.segment.optimizer.lr=1e-4 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoints.")
@@ -45,11 +47,15 @@ def _sets(items: tuple[str, ...]) -> dict:
 @click.option("--time-limit", "time_limit", type=click.FloatRange(0, min_open=True), metavar="MINUTES",
               help="Training budget of this call (after preprocessing), shared equally by the stages and folds "
               "still to train: each stops after the epoch in which its share ran out (continue with --resume).")
-@click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Autocast precision of the networks: auto = bf16 on a CPU with AMX or AVX512-BF16 and on GPUs "
+              "that support it, fp16 on other GPUs, fp32 on other CPUs. Checkpoints are fp32 either way.")
+@click.option("--no-amp", is_flag=True, help="Same as --precision fp32.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or per-epoch lines.")
 def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[str, ...], variant: str | None,
-          epochs: int | None, tiny: bool, sets: tuple[str, ...], resume: bool, device: str, seed: int, workers: int,
-          n_splits: int, until_epoch: int | None, time_limit: float | None, no_amp: bool, no_progress: bool) -> None:
+          epochs: int | None, profile: str, tiny: bool, sets: tuple[str, ...], resume: bool, device: str, seed: int,
+          workers: int, n_splits: int, until_epoch: int | None, time_limit: float | None, precision: str,
+          no_amp: bool, no_progress: bool) -> None:
     """Train every stage of a recipe (or --stage) on one fold or all (--folds all).
 
     Writes RUN_DIR/recipe.json, dataset.json, fingerprint.json, splits.json, cache/<stage>/ and
@@ -59,19 +65,30 @@ def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[
     """
     import torch
 
+    from kitseg.precision import resolve_precision
     from kitseg.recipes import load_recipe
     from kitseg.training.distributed import cleanup, init_distributed
     from kitseg.training.loop import TrainOptions
     from kitseg.training.run import train_recipe
 
     overrides = _sets(sets)
-    rec = load_recipe(recipe, overrides, tiny=tiny, variant=variant)
+    if tiny and profile not in ("paper", "tiny"):
+        raise KitsegError(f"--tiny and --profile {profile} contradict each other; give one")
+    rec = load_recipe(recipe, overrides, variant=variant, profile="tiny" if tiny else profile)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if no_amp:
+        if precision not in ("auto", "fp32"):
+            raise KitsegError(f"--no-amp (fp32) and --precision {precision} contradict each other; give one")
+        precision = "fp32"
+    chosen = resolve_precision(precision, device)
     dist = init_distributed(device)
+    if dist.is_main:
+        click.echo(f"training {rec.name}" + (f" ({rec.profile} profile)" if rec.profile else "") + f": "
+                   f"{chosen.describe()}")
     try:
         options = TrainOptions(seed=seed, device=device, epochs=epochs, until_epoch=until_epoch, resume=resume,
-                               progress=not no_progress and dist.is_main, workers=workers, amp=not no_amp,
+                               progress=not no_progress and dist.is_main, workers=workers, precision=chosen.name,
                                time_limit_s=None if time_limit is None else time_limit * 60.0, dist=dist)
         results = train_recipe(rec, data_dir, run_dir, folds=folds, stages=list(stages) or None, options=options,
                                n_splits=n_splits, preprocess_workers=max(1, workers))

@@ -30,16 +30,18 @@ from kitseg.volume import Volume
 
 
 def predict(image: VolumeLike, model: str | Path | LoadedRun | Sequence[str | Path | LoadedRun],
-            device: str | torch.device = "cpu", *, tta: bool = False, folds: list[int] | None = None) -> Volume:
+            device: str | torch.device = "cpu", *, tta: bool = False, folds: list[int] | None = None,
+            precision: str = "auto") -> Volume:
     """Segment one CT: uint8 labels (0 background, 1 kidney, 2 tumor; KiTS23 3 cyst) on its exact grid.
 
     ``model``: a run folder written by ``kitseg train``, a ``LoadedRun``, or several of either (an
     ensemble of runs of one recipe, e.g. TuNet's four variants). ``folds``: which folds to
-    average (default: every trained fold).
+    average (default: every trained fold). ``precision``: ``auto | fp32 | bf16 | fp16``
+    (``kitseg.precision``: auto is bf16 on CPUs with AMX/AVX512-BF16 and on bf16 GPUs).
     """
     models = [model] if isinstance(model, (str, Path, LoadedRun)) else list(model)
     runs = [m if isinstance(m, LoadedRun) else load_run(m, device, folds) for m in models]
-    result = predict_case(image, runs, device)
+    result = predict_case(image, runs, device, precision=precision)
     assert isinstance(result, Volume)
     return result
 

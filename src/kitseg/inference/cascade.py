@@ -43,6 +43,7 @@ from kitseg.inference.mapping import paste_labels, resample_to_grid, to_entry_gr
 from kitseg.inference.run import LoadedRun
 from kitseg.inference.sliding import sliding_window
 from kitseg.io import VolumeLike, read_volume
+from kitseg.precision import Precision, resolve_precision
 from kitseg.preprocessing.cache import preprocess_case
 from kitseg.preprocessing.records import CaseRecord
 from kitseg.recipes.schema import Stage
@@ -93,12 +94,13 @@ class CaseTimings:
 
 def predict_case(image: VolumeLike, run: LoadedRun | Sequence[LoadedRun], device: str | torch.device | None = None,
                  tta: bool = False, return_probabilities: bool = False, timings: CaseTimings | None = None,
-                 case_id: str = "case") -> Volume | tuple[Volume, Probabilities]:
+                 case_id: str = "case", precision: str | Precision | None = None) -> Volume | tuple[Volume, Probabilities]:
     """Segment one CT with a trained run (or an ensemble of runs of one recipe).
 
     ``image``: a path, DICOM folder, Volume or SimpleITK image. Returns uint8 labels (KiTS19:
     0/1/2; KiTS21/23: 0..3) as a Volume with exactly the input's grid (``write_volume`` restores
-    the file's orientation), plus ``Probabilities`` when ``return_probabilities``.
+    the file's orientation), plus ``Probabilities`` when ``return_probabilities``. ``precision``:
+    ``auto | fp32 | bf16 | fp16`` (``kitseg.precision``; default auto).
     """
     t0 = time.perf_counter()
     runs = [run] if isinstance(run, LoadedRun) else list(run)
@@ -112,11 +114,12 @@ def predict_case(image: VolumeLike, run: LoadedRun | Sequence[LoadedRun], device
             for models in r.models.values():
                 for m in models:
                     m.to(dev)
+    prec = resolve_precision(precision, dev)
     ct = read_volume(image)
     outputs: dict[str, StageOutput] = {}
     for stage in recipe.stages:
         ts = time.perf_counter()
-        outputs[stage.name] = _run_stage(stage.name, ct, runs, outputs, dev, tta, case_id, timings)
+        outputs[stage.name] = _run_stage(stage.name, ct, runs, outputs, dev, tta, case_id, timings, prec)
         outputs[stage.name].seconds = time.perf_counter() - ts
         if timings is not None:
             timings.stages[stage.name] = outputs[stage.name].seconds
@@ -161,7 +164,8 @@ def ensemble_note(runs: Sequence[LoadedRun]) -> str | None:
 
 
 def _run_stage(name: str, ct: Volume, runs: list[LoadedRun], outputs: dict[str, StageOutput],
-               device: torch.device, tta: bool, case_id: str, timings: CaseTimings | None) -> StageOutput:
+               device: torch.device, tta: bool, case_id: str, timings: CaseTimings | None,
+               precision: Precision | None = None) -> StageOutput:
     stage = runs[0].recipe.stage(name)
     roi_from = None
     if stage.roi_from:
@@ -183,7 +187,7 @@ def _run_stage(name: str, ct: Volume, runs: list[LoadedRun], outputs: dict[str, 
             rstage = r.recipe.stage(name)
             x = assemble_inputs(run_entries[i].image[0], _priors(rstage, entry.record, outputs), rstage)
             models = r.models[name]
-            p = infer(torch.from_numpy(x), rstage, models, device, tta, timings)
+            p = infer(torch.from_numpy(x), rstage, models, device, tta, timings, precision)
             probs = p * len(models) if probs is None else probs + p * len(models)
             weight += len(models)
         probs /= weight
@@ -218,7 +222,7 @@ def flips_for(stage: Stage, dims: int) -> list[tuple[int, ...]]:
 
 
 def infer(x: torch.Tensor, stage: Stage, models, device: torch.device, tta: bool = False,
-          timings: CaseTimings | None = None) -> np.ndarray:
+          timings: CaseTimings | None = None, precision: Precision | None = None) -> np.ndarray:
     """The stage's inference scheme on one input (C, z, y, x) -> probabilities (K, z, y, x) float32."""
     from kitseg.nets import required_divisor
 
@@ -226,7 +230,8 @@ def infer(x: torch.Tensor, stage: Stage, models, device: torch.device, tta: bool
     dims = int(getattr(net, "dims", 3))
     divisor = required_divisor(net) if hasattr(net, "size_divisor") else (1,) * dims
     tta = tta or stage.inference.tta
-    predictor = EnsemblePredictor(models, stage.target.kind, flips_for(stage, dims) if tta else [()])
+    predictor = EnsemblePredictor(models, stage.target.kind, flips_for(stage, dims) if tta else [()],
+                                  precision=precision)
     spec, patch = stage.inference, stage.patch_size
     counter = _Counter()
     kw = dict(device=device, divisor=divisor, progress=counter)

@@ -9,6 +9,7 @@ mean over models of each model's blended probabilities (blending is linear).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from kitseg.errors import KitsegError
+from kitseg.precision import Precision
 
 
 def activate(logits: torch.Tensor | Sequence[torch.Tensor], kind: str) -> torch.Tensor:
@@ -37,11 +39,14 @@ class EnsemblePredictor:
     """``(B, C, *patch) -> (B, K, *patch)``: the mean probability over models and flips.
 
     ``flips``: tuples of spatial axes to mirror (``variants.mirror_flips``); ``[()]`` is no TTA.
-    ``weights``: one per model (default equal, TuNet eq. 4).
+    ``weights``: one per model (default equal, TuNet eq. 4). ``precision``: the autocast the
+    networks run under (``kitseg.precision``; default fp32); the softmax and the mean are fp32.
     """
 
     def __init__(self, models: Sequence[nn.Module], activation: str = "softmax",
-                 flips: Sequence[tuple[int, ...]] = ((),), weights: Sequence[float] | None = None):
+                 flips: Sequence[tuple[int, ...]] = ((),), weights: Sequence[float] | None = None,
+                 precision: Precision | None = None):
+        self.precision = precision
         if not models:
             raise KitsegError("an ensemble needs at least one model")
         self.models = list(models)
@@ -57,7 +62,9 @@ class EnsemblePredictor:
         for model, w in zip(self.models, self.weights):
             for flip in self.flips:
                 dims = [a + 2 for a in flip]
-                p = activate(model(torch.flip(x, dims) if dims else x), self.activation)
+                with self.precision.autocast() if self.precision is not None else contextlib.nullcontext():
+                    out = model(torch.flip(x, dims) if dims else x)
+                p = activate(out, self.activation)
                 if dims:
                     p = torch.flip(p, dims)
                 acc = p.mul_(w) if acc is None else acc.add_(p, alpha=w)

@@ -133,12 +133,14 @@ def _clean_partial(out: Path) -> None:
 
 
 def predict_file(image: str | Path, output: str | Path, run: LoadedRun | Sequence[LoadedRun], *,
-                 device=None, tta: bool = False, save_probabilities: bool = False, case_id: str = "case") -> Path:
+                 device=None, tta: bool = False, save_probabilities: bool = False, case_id: str = "case",
+                 precision: str | None = None) -> Path:
     """Predict one CT (file or DICOM folder) and write its labels (and probabilities) atomically."""
     output = Path(output)
     _clean_partial(output)
     try:
-        res = predict_case(image, run, device, tta=tta, return_probabilities=save_probabilities, case_id=case_id)
+        res = predict_case(image, run, device, tta=tta, return_probabilities=save_probabilities, case_id=case_id,
+                           precision=precision)
     except (MemoryError, RuntimeError) as exc:
         if not _is_out_of_memory(exc):
             raise
@@ -186,7 +188,8 @@ def _image_size(image) -> str:
 
 def predict_folder(inputs: str | Path, out_dir: str | Path, run: LoadedRun | Sequence[LoadedRun], *, device=None,
                    tta: bool = False, save_probabilities: bool = False, rank: int | None = None,
-                   world_size: int | None = None, progress: bool | None = None) -> FolderSummary:
+                   world_size: int | None = None, progress: bool | None = None,
+                   precision: str | None = None) -> FolderSummary:
     """Predict every CT under ``inputs`` into ``out_dir/<case_id>.nii.gz`` (see the module docstring)."""
     rank, world_size = rank_and_world(rank, world_size)
     out_dir = Path(out_dir)
@@ -206,18 +209,19 @@ def predict_folder(inputs: str | Path, out_dir: str | Path, run: LoadedRun | Seq
         for case_id, path in mine:
             bar.update(task, description=f"predict {case_id}")
             out = out_dir / f"{case_id}.nii.gz"
-            summary.cases.append(_one(case_id, path, out, run, device, tta, save_probabilities))
+            summary.cases.append(_one(case_id, path, out, run, device, tta, save_probabilities, precision))
             bar.advance(task)
     return summary
 
 
-def _one(case_id, path, out, run, device, tta, save_probabilities) -> CaseResult:
+def _one(case_id, path, out, run, device, tta, save_probabilities, precision=None) -> CaseResult:
     row = dict(case_id=case_id, input=str(path), output=str(out))
     if is_complete(out) and (not save_probabilities or is_complete(probabilities_path(out))):
         return CaseResult(status="skipped", **row)
     t0 = time.perf_counter()
     try:
-        predict_file(path, out, run, device=device, tta=tta, save_probabilities=save_probabilities, case_id=case_id)
+        predict_file(path, out, run, device=device, tta=tta, save_probabilities=save_probabilities, case_id=case_id,
+                     precision=precision)
     except KitsegError as exc:
         log.error("%s: %s", case_id, exc)
         return CaseResult(status="failed", message=str(exc), seconds=time.perf_counter() - t0, **row)

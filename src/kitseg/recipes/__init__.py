@@ -1,7 +1,9 @@
 """Recipes: one YAML file per paper method (pure data), validated into a ``Recipe``.
 
-``load_recipe(name_or_path, overrides=["stages.segment.optimizer.lr=1e-4"], tiny=True,
-variant="3d_unet")`` returns a validated Recipe. Overrides use dotted keys; a list index or a
+``load_recipe(name_or_path, overrides=["stages.segment.optimizer.lr=1e-4"], profile="cpu",
+variant="3d_unet")`` returns a validated Recipe. Profiles (``PROFILES``) scale a recipe to a machine:
+``tiny`` (a check of the whole path in minutes) and ``cpu`` (the best model 30 minutes of training
+on 2 CPU cores can give; docs/METHODS.md lists each recipe's values). Overrides use dotted keys; a list index or a
 stage name selects a stage. Any bad key, type or value is refused with a KitsegError naming it.
 """
 
@@ -19,8 +21,9 @@ from kitseg.recipes.schema import Recipe, Stage
 
 RECIPE_DIR = Path(__file__).parent
 DEFAULT_RECIPE = "kitseg_cascade"
+PROFILES = ("paper", "tiny", "cpu")  # paper: the recipe as written
 
-__all__ = ["DEFAULT_RECIPE", "Recipe", "Stage", "apply_overrides", "list_recipes", "load_recipe", "recipe_path"]
+__all__ = ["DEFAULT_RECIPE", "PROFILES", "Recipe", "Stage", "apply_overrides", "list_recipes", "load_recipe", "recipe_path"]
 
 
 def list_recipes() -> list[str]:
@@ -38,10 +41,18 @@ def recipe_path(name_or_path: str | Path) -> Path:
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] = (), *, tiny: bool = False,
-                variant: str | None = None) -> Recipe:
-    """Load, override and validate a recipe. Order: file, variant, --tiny, then --set overrides.
+                variant: str | None = None, profile: str | None = None) -> Recipe:
+    """Load, override and validate a recipe. Order: file, variant, profile, then --set overrides.
 
-    ``tiny``: the recipe's ``tiny`` section, or ``kitseg.training.run.generic_tiny`` when it has none."""
+    ``profile``: ``paper`` (or None: the recipe as written), ``tiny`` (the recipe's ``tiny``
+    section, or ``kitseg.training.run.generic_tiny`` when it has none) or ``cpu`` (the recipe's
+    ``cpu`` section). ``tiny=True`` is the older spelling of ``profile="tiny"``."""
+    if tiny:
+        if profile not in (None, "tiny"):
+            raise KitsegError(f"--tiny and --profile {profile} contradict each other; give one")
+        profile = "tiny"
+    if profile is not None and profile not in PROFILES:
+        raise KitsegError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
     path = recipe_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -55,7 +66,11 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
             raise KitsegError(f"recipe {data.get('name')!r} has no variant {variant!r}; "
                               f"variants: {', '.join(variants) or 'none'}", path)
         data = apply_overrides(data, variants[variant], path)
-    if tiny:
+    if profile == "cpu":
+        if not data.get("cpu"):
+            raise KitsegError(f"recipe {data.get('name')!r} has no cpu profile (a `cpu` section)", path)
+        data = apply_overrides(data, data["cpu"], path)
+    if profile == "tiny":
         shrink = data.get("tiny")
         if not shrink:  # no tiny section: every network's tiny parameters, 2 short epochs, small patches
             from kitseg.training.run import generic_tiny
@@ -72,6 +87,8 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
                 raise KitsegError(f"override {item!r} must look like key=value", path)
             items[key.strip()] = yaml.safe_load(value)
     data = apply_overrides(data, items, path)
+    if profile not in (None, "paper"):
+        data["profile"] = profile
     return validate_recipe(data, path)
 
 

@@ -198,7 +198,9 @@ class Recipe(_Strict):
     final: FinalSpec = Field(default_factory=FinalSpec)
     ensemble: int = Field(1, ge=1)  # models per stage (folds x repeats) averaged at inference
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # ablations: dotted overrides
-    tiny: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --tiny
+    tiny: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --profile tiny (--tiny)
+    cpu: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --profile cpu
+    profile: str | None = None  # the profile this recipe was loaded with (recorded in the run folder)
     citations: dict[str, str] = Field(default_factory=dict)
     deviations: dict[str, str] = Field(default_factory=dict)
 

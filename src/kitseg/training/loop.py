@@ -25,6 +25,7 @@ from torch import nn
 
 from kitseg.errors import KitsegError
 from kitseg.losses import Loss, build_loss
+from kitseg.precision import Precision, as_float, resolve_precision
 from kitseg.recipes.schema import Stage, TargetSpec
 from kitseg.training import logs
 from kitseg.training.checkpoint import (
@@ -70,7 +71,8 @@ class TrainOptions:
     progress: bool = True
     workers: int = 0
     val_per_case: int = 2
-    amp: bool = True
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (kitseg.precision)
+    amp: bool = True  # False: the old --no-amp, an alias of precision fp32
     time_limit_s: float | None = None
     dist: DistInfo = SINGLE
 
@@ -109,7 +111,7 @@ def network_record(stage: Stage) -> dict:
 
 
 def validate(model: nn.Module, batches: list[Batch], loss_fn: Loss, target: TargetSpec, device: torch.device,
-             amp_dtype: torch.dtype | None, dist: DistInfo) -> tuple[float, list[float]]:
+             precision: Precision, dist: DistInfo) -> tuple[float, list[float]]:
     """Validation loss and Dice per class, pooled over all validation patches (and ranks)."""
     model.eval()
     k = len(target.classes)
@@ -117,8 +119,8 @@ def validate(model: nn.Module, batches: list[Batch], loss_fn: Loss, target: Targ
     with torch.no_grad():
         for x, y, _ in batches:
             x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out = model(x)
+            with precision.autocast():
+                out = as_float(model(x))
             out = out[0] if isinstance(out, (list, tuple)) else out
             counts[3 * k] += loss_fn(out, y).double() * len(x)
             counts[3 * k + 1] += len(x)
@@ -147,10 +149,9 @@ def _hardness(out, y: torch.Tensor, loss_fn: Loss, softmax: bool) -> tuple[list[
     return losses, fp.tolist()
 
 
-def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    if device.type != "cuda" or not amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def stage_precision(options: TrainOptions, device: torch.device) -> Precision:
+    """The precision a training runs in (``amp=False``, the old ``--no-amp``, means fp32)."""
+    return resolve_precision("fp32" if not options.amp else options.precision, device)
 
 
 class Engine:
@@ -171,18 +172,17 @@ class Engine:
             self.model = self.model.to(memory_format=self.memory_format)
         self.geometry = stage_geometry(stage, self.model.dims, self.model.size_divisor,
                                        getattr(self.model, "context_slices", 1))
-        self.amp_dtype = _amp_dtype(self.device, options.amp)
+        self.precision = stage_precision(options, self.device)
         self.optimizer = build_optimizer(stage.optimizer, self.model.parameters())
         self.scheduler = build_scheduler(stage.schedule, self.optimizer, epochs)
         self.stopper = EarlyStopping(stage.schedule.early_stopping)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.uses_scaler)
         self.loss_fn = build_loss(stage.loss, stage.target)
         self.sampler = Sampler(sampler_cases, stage.sampler, self.geometry, stage.augmentation, seed=options.seed)
         self.train_model: nn.Module = self.model
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+        return self.precision.autocast()
 
     def wrap_ddp(self) -> None:
         if self.dist.enabled:
@@ -205,6 +205,7 @@ class Engine:
                 x = x.contiguous(memory_format=self.memory_format)
             with self.autocast():
                 out = self.train_model(x)
+            out = as_float(out)  # the loss (and hard-case scores) in fp32
             loss = self.loss_fn(out, y, epoch)
             if not torch.isfinite(loss) and not self.scaler.is_enabled():
                 raise KitsegError(f"stage {stage.name!r}: the loss became {float(loss)} in epoch {epoch + 1}; "
@@ -296,6 +297,8 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
     writer = logs.TensorBoard(out_dir / "tensorboard", purge_step=start + 1) if dist.is_main else None
     bar = _progress(options.progress and dist.is_main)
     task = bar.add_task("", total=(end - start) * stage.iterations_per_epoch) if bar else None
+    if bar:
+        bar.console.print(f"{stage.name} fold {fold}: {eng.precision.describe()}")
     names = list(stage.target.classes)
     time_limited = False
     try:
@@ -304,7 +307,7 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
                 bar.update(task, description=f"{stage.name} fold {fold} epoch {epoch + 1}/{epochs}")
             train_loss, t_data, t_model = eng.train_epoch(batches, epoch, (lambda: bar.advance(task)) if bar else None)
             t_val = time.perf_counter()
-            val_loss, dice = validate(eng.model, val_data, eng.loss_fn, stage.target, eng.device, eng.amp_dtype, dist)
+            val_loss, dice = validate(eng.model, val_data, eng.loss_fn, stage.target, eng.device, eng.precision, dist)
             mean_dice = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
             ema = mean_dice if ema is None else EMA * ema + (1 - EMA) * mean_dice
             step_schedule(eng.scheduler, val_loss)
@@ -312,7 +315,7 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
             row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                    **{f"dice_{n}": d for n, d in zip(names, dice)}, "val_dice": mean_dice, "ema_dice": ema,
                    "lr": eng.optimizer.param_groups[0]["lr"], "data_s": t_data, "model_s": t_model,
-                   "val_s": time.perf_counter() - t_val}
+                   "val_s": time.perf_counter() - t_val, "precision": eng.precision.name}
             history.append(row)
             finished = stop or epoch + 1 >= epochs
             improved = ema > best_ema
@@ -320,6 +323,7 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
                 best_ema, best_epoch = ema, epoch + 1
             if dist.is_main:
                 ck = {"format": FORMAT, "version": VERSION, "network": eng.net, "stage": stage.name,
+                      "precision": eng.precision.name,
                       "stage_spec": stage.model_dump_json(), "fold": fold, "epoch": epoch + 1, "epochs": epochs,
                       "model": eng.model.state_dict(), "ema_dice": ema, "val_dice": mean_dice,
                       "best_ema_dice": best_ema, "best_epoch": best_epoch, "finished": finished}
