@@ -220,6 +220,8 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
         return [(c.case_id, c.image) for c in open_dataset(path).cases if c.image is not None]
     if subdirs:
         return [(d.name, d) for d in subdirs]
+    if not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
+        raise KitsegError("empty folder: no CT image files, DICOM series or case folders in it", path)
     return [(path.name, path)]  # a DICOM series folder
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from kitseg._atomic import atomic_path
+from kitseg._itk import quiet_itk
 from kitseg.errors import KitsegError
 from kitseg.volume import CANONICAL_CODES, Source, Volume, reorient
 
@@ -225,23 +226,32 @@ def _itk_reason(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+def dicom_series_files(folder: str | Path) -> list[str]:
+    """The files of the one DICOM series in ``folder``, sorted by slice position (ITK's GDCM order)."""
+    folder = Path(folder)
+    with quiet_itk():
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        if not ids:
+            raise KitsegError("no DICOM series in this folder", folder)
+        if len(ids) > 1:
+            raise KitsegError(
+                f"holds {len(ids)} DICOM series ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}); "
+                "put each series in its own folder and give one", folder)
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    if len(files) < 2:
+        raise KitsegError(f"the DICOM series has {len(files)} slice; a 3D volume needs several", folder)
+    return files
+
+
 def read_dicom_series(folder: str | Path) -> Volume:
     """Read the one DICOM series in ``folder`` (slices sorted by position; rescale applied)."""
     folder = Path(folder)
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not ids:
-        raise KitsegError("no DICOM series in this folder", folder)
-    if len(ids) > 1:
-        raise KitsegError(
-            f"holds {len(ids)} DICOM series ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}); "
-            "put each series in its own folder and give one", folder)
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
-    if len(files) < 2:
-        raise KitsegError(f"the DICOM series has {len(files)} slice; a 3D volume needs several", folder)
+    files = dicom_series_files(folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        img = reader.Execute()
+        with quiet_itk():
+            img = reader.Execute()
     except RuntimeError as exc:
         raise KitsegError(f"DICOM series could not be read ({_itk_reason(exc)})", folder) from None
     return from_sitk(img, folder)

@@ -11,6 +11,7 @@ import sys
 import click
 
 from kitseg import __version__
+from kitseg._itk import quiet_itk
 from kitseg.cli import (
     demo,
     download,
@@ -56,7 +57,8 @@ for _cmd in COMMANDS:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this; the console script exits with it)."""
     try:
-        rc = cli.main(args=argv, prog_name="kitseg", standalone_mode=False)
+        with quiet_itk():  # kitseg words every problem itself; ITK's stderr warnings only add noise
+            rc = cli.main(args=argv, prog_name="kitseg", standalone_mode=False)
     except KitsegError as exc:
         print(f"kitseg: error: {exc}", file=sys.stderr)
         return 2
