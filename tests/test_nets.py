@@ -298,15 +298,16 @@ def test_receptive_field_matches_analytic_and_brute_force_values():
 
 
 def test_cli_lists_networks_with_parameter_counts(capsys):
-    assert main(["nets", "--no-rf"]) == 0
+    assert main(["nets"]) == 0  # the fast table is the default: no receptive field
     out = capsys.readouterr().out
+    assert "add --rf" in out
     for name in NAMES:
         assert name in out
     assert f"{count_parameters(_paper('resunet_ds_zhang')):,}" in out
 
 
 def test_cli_receptive_field_and_markdown(capsys):
-    assert main(["nets", "unet2d", "--markdown"]) == 0
+    assert main(["nets", "unet2d", "--markdown", "--rf"]) == 0
     out = capsys.readouterr().out
     rf = _brute_force_rf(UNet(2, 1, 1, 1, 4), 5)  # unet2d's paper depth: 5 levels
     assert out.startswith("| network |") and f"| {rf}x{rf} |" in out
