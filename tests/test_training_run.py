@@ -51,7 +51,7 @@ def test_train_recipe_shares_the_time_limit_between_stages(tmp_path, monkeypatch
     assert shares == [("segment", 0, 90.0)]
 
 
-def test_tiny_cascade_trains_end_to_end(tmp_path):
+def test_tiny_cascade_trains_end_to_end(tmp_path, capsys):
     from kitseg.cli.main import main
 
     data = make_kits_dataset(tmp_path / "data", n=4)
@@ -74,12 +74,40 @@ def test_tiny_cascade_trains_end_to_end(tmp_path):
     assert ck["network"]["in_channels"] == 2 and ck["network"]["out_channels"] == 3 and ck["finished"]
     with torch.no_grad():
         assert models[0](torch.zeros(1, 2, 8, 16, 16)).shape == (1, 3, 8, 16, 16)
-    # the same command again refuses to overwrite; --resume sees the finished stages and returns
+    # the same command again refuses to overwrite; --resume sees the finished stages, says so and returns
     assert main(args) == 2
+    capsys.readouterr()
     assert main([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "localize fold 0: already finished (2 of 2 epochs)" in err and "segment fold 0: already finished" in err
     # another recipe in the same folder is refused; unknown stage too
     assert main([*args, "--resume", "--set", "stages.segment.optimizer.lr=0.5"]) == 2
     assert main([*args, "--stage", "nope"]) == 2
+
+
+def test_a_fold_that_cannot_exist_is_refused_before_any_preprocessing(tmp_path, capsys):
+    from kitseg.cli.main import main
+
+    data = make_kits_dataset(tmp_path / "data", n=3)
+    run = tmp_path / "run"
+    base = ["train", "--recipe", str(write_tiny_recipe(tmp_path / "tiny.yaml")), "--data", str(data), "-o", str(run),
+            "--no-progress"]
+    assert main([*base, "--fold", "9"]) == 2  # 5 splits asked, but 3 cases make 3 folds
+    assert "fold 9 does not exist: the splits have folds 0..2" in capsys.readouterr().err
+    assert not run.exists()  # no fingerprint, splits or cache were made first
+    assert main([*base, "--fold", "3", "--n-splits", "4"]) == 2 and not run.exists()
+
+
+def test_resume_note_says_where_training_continues(tmp_path):
+    from kitseg.training.checkpoint import save_checkpoint
+    from kitseg.training.run import resume_note
+
+    assert resume_note(tmp_path, "segment", 1, 30) == "segment fold 1: no checkpoint yet, starting at epoch 1 of 30"
+    save_checkpoint(tmp_path / "checkpoint_last.pt", {"epoch": 12, "finished": False, "model": {"w": torch.ones(3)}})
+    assert resume_note(tmp_path, "segment", 1, 30) == "segment fold 1: resuming after epoch 12 of 30"
+    save_checkpoint(tmp_path / "checkpoint_last.pt", {"epoch": 20, "finished": True})
+    note = resume_note(tmp_path, "segment", 1, 30)
+    assert note == "segment fold 1: already finished (20 of 30 epochs, stopped early)"
 
 
 def test_generic_tiny_shrinks_a_recipe_without_tiny_section(tmp_path):

@@ -160,6 +160,7 @@ def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, f
     for name in stages or []:
         if name not in names:
             raise KitsegError(f"recipe {recipe.name!r} has no stage {name!r}; its stages: {', '.join(names)}")
+    parse_folds(folds, expected_folds(run_dir, len(dataset.cases), n_splits))  # before hours of preprocessing
     splits = prepare_run(recipe, dataset, run_dir, options, n_splits, preprocess_workers, stages)
     fold_list = parse_folds(folds, len(splits.folds))
     targets = {s.name: s.target for s in recipe.stages}
@@ -174,10 +175,46 @@ def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, f
         train = load_train_cases(cache_dir, split.train, stage, seed)
         val = load_train_cases(cache_dir, split.val, stage, seed + 10_000)
         share = None if deadline is None else time_share(deadline - time.monotonic(), len(jobs) - k)
+        if options.resume and options.dist.is_main:  # where it continues, even without progress bars
+            _say(resume_note(fold_dir(run_dir, stage.name, fold), stage.name, fold, options.epochs or stage.epochs))
         fold_options = dataclasses.replace(options, seed=seed, time_limit_s=share)
         results.append(train_stage(stage, train, val, fold_dir(run_dir, stage.name, fold), targets, fold=fold,
                                    options=fold_options))
     return results
+
+
+def expected_folds(run_dir: Path, n_cases: int, n_splits: int) -> int:
+    """How many folds the run will have: its splits.json's, else what ``make_splits`` will make."""
+    path = Path(run_dir) / "splits.json"
+    return len(load_splits(path).folds) if path.is_file() else min(n_splits, n_cases)
+
+
+def resume_note(out_dir: Path, stage_name: str, fold: int, epochs: int) -> str:
+    """One line saying where ``--resume`` continues a (stage, fold): from its last checkpoint's epoch."""
+    import torch
+
+    from kitseg.training.checkpoint import LAST
+
+    head = f"{stage_name} fold {fold}: "
+    path = out_dir / LAST
+    if not path.is_file():
+        return head + f"no checkpoint yet, starting at epoch 1 of {epochs}"
+    try:  # mmap: only the few numbers are read, not the weights
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        done, finished = int(ck["epoch"]), bool(ck.get("finished", False))
+    except Exception as exc:  # the loop reports an unreadable checkpoint properly
+        return head + f"cannot read {path.name} ({type(exc).__name__})"
+    if finished:
+        return head + f"already finished ({done} of {epochs} epochs{', stopped early' if done < epochs else ''})"
+    if done >= epochs:
+        return head + f"already at epoch {done} of {epochs}"
+    return head + f"resuming after epoch {done} of {epochs}"
+
+
+def _say(line: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(line)
 
 
 def time_share(remaining_s: float, jobs_left: int) -> float:
