@@ -42,6 +42,23 @@ def load_1min() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+# The load when the script imported this module, i.e. at its start: a start load above the core count means
+# other work shares the CPUs, and update_markdown then refuses to rewrite BENCHMARKS.md unless forced.
+START_LOAD = load_1min()
+FORCE_ENV = "KITSEG_BENCH_FORCE"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def add_force_flag(ap) -> None:
+    """The ``--force`` option of a script that updates BENCHMARKS.md."""
+    ap.add_argument("--force", action="store_true",
+                    help="rewrite BENCHMARKS.md even when the 1-minute load average at the start exceeded the "
+                         f"core count (the section then says so; or set {FORCE_ENV}=1)")
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -62,8 +79,7 @@ def machine(gpu: bool = False) -> dict:
     average now; ``gpu``: also the CUDA device's name (imports torch)."""
     import psutil
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    out = {"cpu": _cpu_model(), "cores": cores, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    out = {"cpu": _cpu_model(), "cores": cores(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
            "python": platform.python_version(), "torch": _version("torch"), "load_avg_1min": load_1min()}
     if gpu:
         import torch
@@ -151,10 +167,38 @@ def _replace(doc: str, name: str, body: str, top: bool = False) -> str:
     return doc.rstrip("\n") + "\n\n" + section + "\n"
 
 
-def update_markdown(name: str, body: str, headlines: list[tuple[str, str]] | None = None) -> None:
+def busy(load_start: float | None = None) -> bool:
+    """Whether the 1-minute load average at the start (default: this script's) exceeded the core count."""
+    return (START_LOAD if load_start is None else load_start) > cores()
+
+
+def update_markdown(name: str, body: str, headlines: list[tuple[str, str]] | None = None, *,
+                    force: bool = False, load_start: float | None = None) -> bool:
     """Replace the section between ``<!-- name:start -->`` and ``<!-- name:end -->`` of BENCHMARKS.md
     (append it when absent). ``headlines``: rows (what, figure) for the summary table at the top,
-    linked to this section; they replace this section's earlier rows and keep the other sections'."""
+    linked to this section; they replace this section's earlier rows and keep the other sections'.
+
+    The load guard: when the 1-minute load average at the start (``load_start``, default the script's
+    start) exceeded the core count, BENCHMARKS.md is left alone and the section goes to
+    bench/results/<name>-refused.md instead (False returned), unless ``force`` (or KITSEG_BENCH_FORCE=1):
+    then the section and its summary rows say that they were measured under load."""
+    load = START_LOAD if load_start is None else load_start
+    if busy(load):
+        if not (force or os.environ.get(FORCE_ENV) == "1"):
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            kept = RESULTS / f"{name}-refused.md"
+            kept.write_text(body.strip() + "\n", encoding="utf-8")
+            print(f"BENCHMARKS.md not rewritten: the 1-minute load average was {load} at the start, above this "
+                  f"machine's {cores()} cores, so other work shared the CPUs. Rerun on a quiet machine, or pass "
+                  f"--force ({FORCE_ENV}=1) to write the figures with a note saying so. The section is in {kept}.",
+                  file=sys.stderr)
+            return False
+        note = (f"**Forced under load:** the 1-minute load average was {load} at the start, above the {cores()} "
+                "cores; other work shared the CPUs, so these figures are to be re-measured on a quiet machine.")
+        lines = body.strip().splitlines()
+        at = next((i + 1 for i, line in enumerate(lines) if re.match(r"#{2,6} ", line)), 0)
+        body = "\n".join([*lines[:at], "", note, *lines[at:]])
+        headlines = [(what, f"{figure} (under load)") for what, figure in headlines] if headlines else headlines
     doc = MD.read_text(encoding="utf-8") if MD.exists() else HEADER
     doc = _replace(doc, name, body)
     if headlines is not None:
@@ -174,6 +218,7 @@ def update_markdown(name: str, body: str, headlines: list[tuple[str, str]] | Non
                  "|---|---|---|", *rows]
         doc = _replace(doc, SUMMARY, "\n".join(table), top=True)
     _write_md(doc)
+    return True
 
 
 def _rank(row: str) -> int:
@@ -183,7 +228,8 @@ def _rank(row: str) -> int:
 
 # the order of the summary rows: that of the sections' anchors
 _ORDER = ["#inference-sliding-window-cascade-seconds-and-memory-per-case",
-          "#preprocessing-resampling-and-normalization", "#accuracy-on-rendered-phantoms-cascade-vs-single-stage",
+          "#preprocessing-resampling-and-normalization", "#reading-and-writing-nifti-kitsegio-now-vs-before",
+          "#accuracy-on-rendered-phantoms-cascade-vs-single-stage",
           "#training-throughput-of-every-recipes-paper-size-networks", "#training-throughput-on-a-gpu",
           "#training-data-loading-vs-the-model",
           "#evaluation-surface-metrics-per-case"]
