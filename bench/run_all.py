@@ -25,6 +25,7 @@ BENCH = Path(__file__).resolve().parent
 # name -> (script, what it measures); run in this order (cheap first)
 SCRIPTS = {
     "preprocessing": ("bench_preprocessing.py", "resampling and normalization: kitseg vs SimpleITK vs scipy"),
+    "io": ("bench_io.py", "reading and writing .nii.gz: kitseg.io now vs an earlier revision"),
     "metrics": ("bench_metrics.py", "surface metrics per case: kitseg vs MONAI"),
     "training": ("bench_training.py", "data loading vs the model in training"),
     "throughput": ("bench_throughput.py", "training throughput and peak memory of every recipe's networks"),
