@@ -15,7 +15,7 @@
 Definitions (docs/EVALUATION.md repeats them):
 
 - Side: canonical arrays have x pointing to the patient's left. The midline is the body's x centroid
-  when the CT is given (``kitseg.report.measure.body_midline_x``), else the image centre. A tumor gets
+  when the CT is given (``body_midline_x``), else the image centre. A tumor gets
   the side of its centroid; *its kidney* is the kidney tissue (label 1) on that side.
 - Pole: the kidney's craniocaudal extent (patient z, mm) is cut into thirds; a tumor's pole is the
   third holding its centroid. The thirds stand in for RENAL's polar lines, which are drawn at the
@@ -44,10 +44,10 @@ from kitseg.datasets import KITS19, DatasetSpec
 from kitseg.io import VolumeLike, read_label, read_volume
 from kitseg.metrics.tumors import MIN_TUMOR_ML, tumor_components
 from kitseg.postprocessing.components import bbox
-from kitseg.report.measure import body_midline_x, max_feret_diameter_mm
 from kitseg.volume import CANONICAL_CODES, Volume, reorient
 
 SCHEMA_VERSION = 1
+BODY_HU = -500.0  # CT above this is body (``body_midline_x``)
 ENDOPHYTIC_MAX = 0.02  # exophytic fraction up to which a tumor counts as entirely endophytic
 RENAL_NOTE = ("automatic approximations of the RENAL nephrometry score's R, E and L parts from the label map: "
               "R from the largest 3D diameter, E from the fraction outside the kidney's convex hull, L from thirds "
@@ -97,6 +97,44 @@ class CaseStatistics(_Strict):
     cyst_ml: float | None = None  # KiTS21/23 labels only
     min_tumor_ml: float = MIN_TUMOR_ML
     renal_note: str = RENAL_NOTE
+
+
+def max_feret_diameter_mm(mask: np.ndarray, vol: Volume, offset: tuple[int, int, int] = (0, 0, 0)) -> float:
+    """Largest distance (mm) between two surface-voxel centres of ``mask`` (0.0 for a single voxel).
+
+    ``mask`` may be a crop of ``vol``'s grid starting at index ``offset``.
+    """
+    box = bbox(mask, margin=1)
+    if box is None:
+        return 0.0
+    sub = np.asarray(mask[box], dtype=bool)
+    edges = sub & ~ndimage.binary_erosion(sub, border_value=0)
+    idx = np.argwhere(edges) + np.array([s.start for s in box]) + np.asarray(offset)
+    pts = np.atleast_2d(vol.index_to_world(idx))
+    if len(pts) < 2:
+        return 0.0
+    try:
+        pts = pts[ConvexHull(pts).vertices]
+    except (QhullError, ValueError):  # flat or tiny: all points lie in a plane or a line
+        pass
+    best = 0.0
+    for i in range(0, len(pts), 2048):
+        d = np.linalg.norm(pts[i:i + 2048, None, :] - pts[None, :, :], axis=-1)
+        best = max(best, float(d.max()))
+    return best
+
+
+def body_midline_x(labels: np.ndarray, image: np.ndarray | None = None) -> float:
+    """x index of the body midline: body centroid on the slices with foreground, else the image centre."""
+    centre = (labels.shape[2] - 1) / 2.0
+    if image is None:
+        return centre
+    zs = np.flatnonzero(np.any(labels > 0, axis=(1, 2)))
+    body = image[zs[0]:zs[-1] + 1] > BODY_HU if zs.size else image > BODY_HU
+    columns = np.count_nonzero(body, axis=(0, 1))
+    if columns.sum() == 0:
+        return centre
+    return float((columns * np.arange(columns.size)).sum() / columns.sum())
 
 
 def renal_r(diameter_mm: float) -> int:
@@ -236,5 +274,6 @@ def write_statistics(stats: CaseStatistics, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["CaseStatistics", "RenalParts", "TumorStatistics", "case_statistics", "outside_hull_fraction",
-           "renal_e", "renal_l", "renal_r", "statistics_path", "write_statistics"]
+__all__ = ["BODY_HU", "CaseStatistics", "RenalParts", "TumorStatistics", "body_midline_x", "case_statistics",
+           "max_feret_diameter_mm", "outside_hull_fraction", "renal_e", "renal_l", "renal_r", "statistics_path",
+           "write_statistics"]

@@ -27,8 +27,11 @@ from kitseg.errors import KitsegError
 @click.option("--tta", is_flag=True, help="Mirroring test-time augmentation (2-8x slower).")
 @click.option("--save-probabilities", is_flag=True,
               help="Also write <case>_probabilities.npz (float16, the label file's array order).")
+@click.option("--statistics", is_flag=True,
+              help="Also write <case>.json beside each label file: kidney volume per side; each tumor's volume, "
+              "largest 3D diameter, side, pole and exophytic fraction; cyst volume; RENAL R/E/L approximations.")
 def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str, precision: str, tta: bool,
-            save_probabilities: bool) -> None:
+            save_probabilities: bool, statistics: bool) -> None:
     """Segment kidney and tumor: uint8 labels (0 background, 1 kidney, 2 tumor; KiTS23: 3 cyst).
 
     Each label file has exactly its input's shape, spacing, origin and orientation. A folder run
@@ -60,10 +63,11 @@ def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str,
     if single:
         case_id, path = cases[0]
         predict_file(path, output, run, tta=tta, save_probabilities=save_probabilities, case_id=case_id,
-                     precision=chosen)
+                     precision=chosen, statistics=statistics)
         click.echo(f"wrote {output}")
         return
-    summary = predict_folder(inputs, output, run, tta=tta, save_probabilities=save_probabilities, precision=chosen)
+    summary = predict_folder(inputs, output, run, tta=tta, save_probabilities=save_probabilities, precision=chosen,
+                             statistics=statistics)
     click.echo(summary.describe())
     if summary.count("failed"):
-        raise KitsegError(f"{summary.count('failed')} of {len(summary.cases)} cases failed (listed above)", output)
+        raise KitsegError(f"{summary.count('failed')} of {len(summary.cases)} cases failed (listed above)", inputs)

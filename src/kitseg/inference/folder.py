@@ -134,8 +134,11 @@ def _clean_partial(out: Path) -> None:
 
 def predict_file(image: str | Path, output: str | Path, run: LoadedRun | Sequence[LoadedRun], *,
                  device=None, tta: bool = False, save_probabilities: bool = False, case_id: str = "case",
-                 precision: str | None = None) -> Path:
-    """Predict one CT (file or DICOM folder) and write its labels (and probabilities) atomically."""
+                 precision: str | None = None, statistics: bool = False) -> Path:
+    """Predict one CT (file or DICOM folder) and write its labels (and probabilities) atomically.
+
+    ``statistics``: also write ``kitseg.stats.case_statistics`` as ``<case>.json`` beside the labels.
+    """
     output = Path(output)
     _clean_partial(output)
     try:
@@ -150,8 +153,18 @@ def predict_file(image: str | Path, output: str | Path, run: LoadedRun | Sequenc
     if probs is not None:
         _clean_partial(probabilities_path(output))
         write_probabilities(probs, labels, probabilities_path(output))
+    if statistics:
+        _write_statistics(labels, image, run, case_id, output)
     write_volume(labels, output, dtype=np.uint8)  # last: its presence marks the case as done
     return output
+
+
+def _write_statistics(labels: Volume, image, run, case_id: str, output: Path) -> None:
+    from kitseg.stats import case_statistics, statistics_path, write_statistics
+
+    first = run if isinstance(run, LoadedRun) else run[0]
+    _clean_partial(statistics_path(output))
+    write_statistics(case_statistics(labels, image, first.dataset, case_id), statistics_path(output))
 
 
 # How numpy (MemoryError), torch and ITK (RuntimeError) report a failed allocation.
@@ -189,7 +202,7 @@ def _image_size(image) -> str:
 def predict_folder(inputs: str | Path, out_dir: str | Path, run: LoadedRun | Sequence[LoadedRun], *, device=None,
                    tta: bool = False, save_probabilities: bool = False, rank: int | None = None,
                    world_size: int | None = None, progress: bool | None = None,
-                   precision: str | None = None) -> FolderSummary:
+                   precision: str | None = None, statistics: bool = False) -> FolderSummary:
     """Predict every CT under ``inputs`` into ``out_dir/<case_id>.nii.gz`` (see the module docstring)."""
     rank, world_size = rank_and_world(rank, world_size)
     out_dir = Path(out_dir)
@@ -209,19 +222,23 @@ def predict_folder(inputs: str | Path, out_dir: str | Path, run: LoadedRun | Seq
         for case_id, path in mine:
             bar.update(task, description=f"predict {case_id}")
             out = out_dir / f"{case_id}.nii.gz"
-            summary.cases.append(_one(case_id, path, out, run, device, tta, save_probabilities, precision))
+            summary.cases.append(_one(case_id, path, out, run, device, tta, save_probabilities, precision,
+                                      statistics))
             bar.advance(task)
     return summary
 
 
-def _one(case_id, path, out, run, device, tta, save_probabilities, precision=None) -> CaseResult:
+def _one(case_id, path, out, run, device, tta, save_probabilities, precision=None, statistics=False) -> CaseResult:
+    from kitseg.stats import statistics_path
+
     row = dict(case_id=case_id, input=str(path), output=str(out))
-    if is_complete(out) and (not save_probabilities or is_complete(probabilities_path(out))):
+    if is_complete(out) and (not save_probabilities or is_complete(probabilities_path(out))) and (
+            not statistics or statistics_path(out).is_file()):
         return CaseResult(status="skipped", **row)
     t0 = time.perf_counter()
     try:
         predict_file(path, out, run, device=device, tta=tta, save_probabilities=save_probabilities, case_id=case_id,
-                     precision=precision)
+                     precision=precision, statistics=statistics)
     except KitsegError as exc:
         log.error("%s: %s", case_id, exc)
         return CaseResult(status="failed", message=str(exc), seconds=time.perf_counter() - t0, **row)

@@ -6,7 +6,8 @@ Definitions (also in docs/EVALUATION.md):
 - Largest tumor diameter = maximum Feret (caliper) diameter of the largest tumor component (by
   volume, 26-connectivity): the largest distance in mm between the centres of two of its surface
   voxels, in patient coordinates (spacing and direction applied). Measured between voxel centres it
-  can be short of the true extent by up to one voxel size along the measured direction.
+  can be short of the true extent by up to one voxel size along the measured direction. The diameter
+  and the body midline are `kitseg.stats` functions, shared with `kitseg predict --statistics`.
 - Tumors: the 26-connected tumor pieces of at least 0.1 ml (``kitseg.metrics.tumors``, the definition
   metrics.csv uses too); smaller pieces count in the tumor volume, not in the count, side or diameter.
 - Laterality: canonical arrays have x pointing to the patient's LEFT (higher x index = more to the
@@ -21,13 +22,11 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
 from kitseg.metrics.tumors import tumor_components
 from kitseg.postprocessing.components import bbox
+from kitseg.stats import body_midline_x, max_feret_diameter_mm
 from kitseg.volume import Volume
-
-BODY_HU = -500.0
 
 
 class Measurements(BaseModel):
@@ -45,44 +44,6 @@ class Measurements(BaseModel):
     largest_tumor_diameter_mm: float | None
     tumor_side: str  # "right", "left", "both" or "none"
     midline_x: float  # index of the body midline used
-
-
-def max_feret_diameter_mm(mask: np.ndarray, vol: Volume, offset: tuple[int, int, int] = (0, 0, 0)) -> float:
-    """Largest distance (mm) between two surface-voxel centres of ``mask`` (0.0 for a single voxel).
-
-    ``mask`` may be a crop of ``vol``'s grid starting at index ``offset``.
-    """
-    box = bbox(mask, margin=1)
-    if box is None:
-        return 0.0
-    sub = np.asarray(mask[box], dtype=bool)
-    edges = sub & ~ndimage.binary_erosion(sub, border_value=0)
-    idx = np.argwhere(edges) + np.array([s.start for s in box]) + np.asarray(offset)
-    pts = np.atleast_2d(vol.index_to_world(idx))
-    if len(pts) < 2:
-        return 0.0
-    try:
-        pts = pts[ConvexHull(pts).vertices]
-    except (QhullError, ValueError):  # flat or tiny: all points lie in a plane or a line
-        pass
-    best = 0.0
-    for i in range(0, len(pts), 2048):
-        d = np.linalg.norm(pts[i:i + 2048, None, :] - pts[None, :, :], axis=-1)
-        best = max(best, float(d.max()))
-    return best
-
-
-def body_midline_x(labels: np.ndarray, image: np.ndarray | None = None) -> float:
-    """x index of the body midline: body centroid on the slices with foreground, else the image centre."""
-    centre = (labels.shape[2] - 1) / 2.0
-    if image is None:
-        return centre
-    zs = np.flatnonzero(np.any(labels > 0, axis=(1, 2)))
-    body = image[zs[0]:zs[-1] + 1] > BODY_HU if zs.size else image > BODY_HU
-    columns = np.count_nonzero(body, axis=(0, 1))
-    if columns.sum() == 0:
-        return centre
-    return float((columns * np.arange(columns.size)).sum() / columns.sum())
 
 
 def measure(labels: Volume, image: Volume | None = None, tumor: int = 2, cyst: int | None = None) -> Measurements:
