@@ -336,6 +336,7 @@ def main() -> None:
     ap.add_argument("--max-single-windows", type=int, default=400,
                     help="extrapolate a single-stage run with more windows than this (default 400)")
     ap.add_argument("--no-update", action="store_true", help="do not rewrite the section of BENCHMARKS.md")
+    _common.add_force_flag(ap)
     ap.add_argument("--worker", choices=("sw", "case", "window"), help=argparse.SUPPRESS)
     ap.add_argument("--net", default="paper", help=argparse.SUPPRESS)
     ap.add_argument("--shape", type=int, nargs="+", help=argparse.SUPPRESS)
@@ -374,7 +375,8 @@ def main() -> None:
     res = _common.read_json(name)  # parts not run now keep their last figures
     res.update(date=_common.now(), machine=_common.machine(), threads=args.threads,
                command=_common.command("bench_inference.py"))
-    run = {"date": res["date"], "command": res["command"]}
+    # each run keeps its own load average at the start and the end: rows of earlier runs keep their figures
+    run = {"date": res["date"], "command": res["command"], "load_start": _common.START_LOAD}
 
     def tag(rows):  # which run measured a row (rows of earlier runs keep theirs)
         return [{**r, "run": run["date"]} for r in rows]
@@ -393,7 +395,7 @@ def main() -> None:
     text = markdown(res)
     print(text)
     if not args.no_update:
-        _common.update_markdown(name, text, headlines(res))
+        _common.update_markdown(name, text, headlines(res), force=args.force)
 
 
 if __name__ == "__main__":
