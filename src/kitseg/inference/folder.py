@@ -29,9 +29,10 @@ from pydantic import BaseModel, ConfigDict
 from kitseg._atomic import atomic_path
 from kitseg.datasets import find_images
 from kitseg.errors import KitsegError
+from kitseg.export import FORMATS, write_labels
 from kitseg.inference.cascade import Probabilities, predict_case
 from kitseg.inference.run import LoadedRun
-from kitseg.io import read_header, write_volume
+from kitseg.io import read_header
 from kitseg.volume import Volume, reorient
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def is_complete(path: Path) -> bool:
     """Whether ``path`` holds a finished, readable image (atomic writes make existence nearly enough)."""
     if not path.is_file() or path.stat().st_size == 0:
         return False
-    if path.suffix == ".npz":
+    if path.suffix in (".npz", ".dcm"):  # written atomically; ITK does not read DICOM-SEG
         return True
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -102,7 +103,7 @@ def is_complete(path: Path) -> bool:
 
 def probabilities_path(label_path: Path) -> Path:
     name = label_path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+    for suffix in (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd", ".dcm"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -138,6 +139,8 @@ def predict_file(image: str | Path, output: str | Path, run: LoadedRun | Sequenc
     """Predict one CT (file or DICOM folder) and write its labels (and probabilities) atomically.
 
     ``statistics``: also write ``kitseg.stats.case_statistics`` as ``<case>.json`` beside the labels.
+    The format follows ``output``'s name (``kitseg.export.write_labels``): ``.nii.gz`` and other image
+    endings, ``.seg.nrrd`` (3D Slicer) or ``.dcm`` (DICOM-SEG; ``image`` must be a DICOM series folder).
     """
     output = Path(output)
     _clean_partial(output)
@@ -155,7 +158,9 @@ def predict_file(image: str | Path, output: str | Path, run: LoadedRun | Sequenc
         write_probabilities(probs, labels, probabilities_path(output))
     if statistics:
         _write_statistics(labels, image, run, case_id, output)
-    write_volume(labels, output, dtype=np.uint8)  # last: its presence marks the case as done
+    first = run if isinstance(run, LoadedRun) else run[0]
+    write_labels(labels, output, spec=first.dataset, source=image if isinstance(image, (str, Path)) else None,
+                 recipe=first.recipe.name)  # last: its presence marks the case as done
     return output
 
 
@@ -202,8 +207,12 @@ def _image_size(image) -> str:
 def predict_folder(inputs: str | Path, out_dir: str | Path, run: LoadedRun | Sequence[LoadedRun], *, device=None,
                    tta: bool = False, save_probabilities: bool = False, rank: int | None = None,
                    world_size: int | None = None, progress: bool | None = None,
-                   precision: str | None = None, statistics: bool = False) -> FolderSummary:
-    """Predict every CT under ``inputs`` into ``out_dir/<case_id>.nii.gz`` (see the module docstring)."""
+                   precision: str | None = None, statistics: bool = False,
+                   output_format: str = "nifti") -> FolderSummary:
+    """Predict every CT under ``inputs`` into ``out_dir/<case_id>.nii.gz`` (see the module docstring).
+
+    ``output_format``: "nifti", "nrrd" (``<case_id>.seg.nrrd``) or "dicom-seg" (``<case_id>.dcm``).
+    """
     rank, world_size = rank_and_world(rank, world_size)
     out_dir = Path(out_dir)
     cases = find_images(inputs)
@@ -221,7 +230,7 @@ def predict_folder(inputs: str | Path, out_dir: str | Path, run: LoadedRun | Seq
         task = bar.add_task("predict", total=len(mine))
         for case_id, path in mine:
             bar.update(task, description=f"predict {case_id}")
-            out = out_dir / f"{case_id}.nii.gz"
+            out = out_dir / f"{case_id}{FORMATS[output_format]}"
             summary.cases.append(_one(case_id, path, out, run, device, tta, save_probabilities, precision,
                                       statistics))
             bar.advance(task)
