@@ -14,9 +14,15 @@ from kitseg.inspect import describe_dataset, describe_volume
 def info(path: Path) -> None:
     """Print shape, spacing, axis codes, intensity range and label counts of PATH.
 
-    PATH is an image file (NIfTI, NRRD, MHA/MHD), a DICOM series folder, or a dataset folder
-    (KiTS19/21/23 case_XXXXX folders, or nnU-Net imagesTr/labelsTr with dataset.json).
+    PATH is an image file (NIfTI, NRRD, MHA/MHD), a DICOM series folder, a dataset folder
+    (KiTS19/21/23 case_XXXXX folders, or nnU-Net imagesTr/labelsTr with dataset.json), or a model
+    file written by `kitseg export` (its model card is printed).
     """
+    if path.is_file() and path.name.lower().endswith(".kitseg"):
+        from kitseg.models import describe
+
+        click.echo(describe(path))
+        return
     click.echo(describe_dataset(path) if _is_dataset(path) else describe_volume(path))
 
 

@@ -17,7 +17,8 @@ from kitseg.errors import KitsegError
               help="A label file (out.nii.gz, out.seg.nrrd or out.dcm) for one input, else a folder: "
                    "OUT/<case_id>.nii.gz (.seg.nrrd, .dcm with --format).")
 @click.option("--model", "run_dirs", type=click.Path(path_type=Path), required=True, multiple=True,
-              help="The run folder `kitseg train -o` wrote (every trained fold is ensembled). Repeat it to "
+              help="The run folder `kitseg train -o` wrote (every trained fold is ensembled), or a model file "
+                   "`kitseg export` wrote. Repeat it to "
                    "average several runs of one cascade (e.g. TuNet's model variants); the first run's "
                    "post-processing and final step are used.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,

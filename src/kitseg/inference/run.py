@@ -79,7 +79,8 @@ def _read_dataset_spec(path: Path, recipe: Recipe) -> DatasetSpec:
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = "cpu", folds: list[int] | None = None,
              which: str = "best") -> LoadedRun:
-    """Read a run folder: the recipe, label set, fingerprint and every stage's fold models.
+    """Read a run folder (or a ``kitseg export`` model file): the recipe, label set, fingerprint and every
+    stage's fold models.
 
     ``folds=None``: every fold with a checkpoint (the ensemble). ``which="best"`` falls back to
     ``checkpoint_last.pt`` for a stage whose folds have no best checkpoint yet (said in the log).
@@ -87,8 +88,13 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = "cpu", fol
     from kitseg.training.checkpoint import checkpoint_paths, load_stage_models
 
     run_dir = Path(run_dir)
+    if run_dir.is_file():  # a model file written by `kitseg export`
+        from kitseg.inference.model_file import load_model
+
+        return load_model(run_dir, device, folds)
     if not run_dir.is_dir():
-        raise KitsegError("no such run folder (give the folder `kitseg train -o` wrote)", run_dir)
+        raise KitsegError("no such run folder or model file (give the folder `kitseg train -o` wrote, or a "
+                          ".kitseg file)", run_dir)
     dev = resolve_device(device)
     recipe = _read_json_model(run_dir / "recipe.json", Recipe, "recipe")
     dataset = _read_dataset_spec(run_dir / "dataset.json", recipe)
