@@ -131,3 +131,22 @@ def test_truncated_model_file(run2, tmp_path, capsys):
     assert "not a readable zip" in capsys.readouterr().err
     with pytest.raises(KitsegError, match="ends in .kitseg"):
         export(run2, tmp_path / "model.zip")
+
+
+def test_model_card_of_a_trained_run(tmp_path, capsys):
+    """A really trained tiny run: the card has the training data and the validation figures of each fold."""
+    from synthetic_kits import make_kits_dataset, write_tiny_recipe
+
+    data = make_kits_dataset(tmp_path / "data", n=4)
+    (data / "synth.json").write_text("{}")  # what kitseg synth leaves beside its cases
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", str(write_tiny_recipe(tmp_path / "tiny.yaml")), "--data", str(data), "-o",
+                 str(run), "--no-progress", "--n-splits", "2"]) == 0
+    card = json.loads(zipfile.ZipFile(export(run, tmp_path / "m.kitseg")).read("model_card.json"))
+    assert card["training_data"]["kind"].startswith("synthetic") and card["training_data"]["labelled_cases"] == 4
+    member = card["validation"]["segment"][0]
+    assert member["fold"] == 0 and member["epochs_trained"] == 2 and 0.0 <= member["best_smoothed_val_dice"] <= 1.0
+    assert set(member["val_dice_at_best_epoch"]) == {"kidney", "tumor"}
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "m.kitseg")]) == 0
+    assert "best smoothed validation Dice" in capsys.readouterr().out

@@ -46,7 +46,7 @@ def _training_data(run_dir: Path, fingerprint: dict | None) -> dict:
     elif (Path(root) / "synth.json").is_file():
         kind = "synthetic (kitseg synth)"
     elif Path(root).is_dir():
-        kind = "real CT"
+        kind = "real CT (the training folder has no synth.json from kitseg synth)"
     else:
         kind = "unknown (the training folder is not on this machine)"
     out = {"dataset": fingerprint.get("dataset") if fingerprint else None, "folder": root, "kind": kind}
