@@ -158,6 +158,34 @@ def test_majority_vote_over_overlapping_windows():
     assert (labels[80:] == 1).all()  # only window 32
 
 
+def test_majority_vote_ties_break_by_summed_probability():
+    """Two windows (starts 0 and 8 of 16 slices) overlap on slices 8-15 and disagree there: the
+    tie goes to the class whose summed probability is larger, whichever class it is."""
+    from kitseg.inference.sliding import TIE_BONUS
+
+    def make_voter(fg_confident: bool):
+        def voter(x):
+            start = int(x[0, 0, 0, 0, 0])
+            p = torch.zeros((x.shape[0], 2, *x.shape[2:]))
+            if start == 0:  # votes foreground
+                p[:, 1] = 0.9 if fg_confident else 0.55
+            else:  # votes background
+                p[:, 1] = 0.4 if fg_confident else 0.1
+            p[:, 0] = 1 - p[:, 1]
+            return p
+        return voter
+
+    img = torch.arange(24, dtype=torch.float32)[None, :, None, None].expand(1, 24, 2, 2).contiguous()
+    for confident, winner in ((True, 1), (False, 0)):
+        votes = majority_vote(img, make_voter(confident), window=16, stride=8, in_plane=(None, None))
+        labels = votes.argmax(0)[:, 0, 0].numpy()
+        assert (labels[:8] == 1).all() and (labels[16:] == 0).all()  # one window each: no tie
+        assert (labels[8:16] == winner).all()  # tied 1 : 1, summed probabilities decide
+        np.testing.assert_allclose(votes[winner, 12, 0, 0].item(), 0.5 + TIE_BONUS / 2, atol=1e-6)
+        np.testing.assert_allclose(votes[1 - winner, 12, 0, 0].item(), 0.5, atol=1e-6)
+        np.testing.assert_allclose(votes[1, 4, 0, 0].item(), 1.0, atol=1e-6)  # no tie: plain fractions
+
+
 def test_stack_slices_is_slice_major_and_clamped():
     img = torch.arange(2 * 5, dtype=torch.float32).reshape(2, 5, 1, 1).expand(2, 5, 3, 3).contiguous()
     x = stack_slices(img, [0, 4], 3)

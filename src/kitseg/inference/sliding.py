@@ -99,7 +99,11 @@ def sliding_window(image: torch.Tensor, predictor: Predictor, patch_size: Sequen
     value) gives MONAI's interval ``int(patch * (1 - overlap))``; ``strides`` overrides it per axis.
     ``weights``: "gaussian" (nnU-Net/MONAI), "constant", or a tensor of the patch's shape.
     ``vote``: each window casts one vote per voxel for its argmax class (3D FCN-PPM II.B majority
-    voting); the result is the fraction of votes. ``divisor``: the network's per-axis size divisor.
+    voting); the result is the fraction of votes. Where classes tie for the most votes, the one
+    with the larger summed probability over the windows wins: it gets ``TIE_BONUS / n`` on top of
+    its fraction (n windows; one vote is 1 / n, so a bonus never overturns a majority). The paper
+    does not say how ties break; a fixed order (e.g. towards background) would erode every boundary
+    where two windows disagree. ``divisor``: the network's per-axis size divisor.
     ``accumulate_device``: where the blended volume lives (default: ``device``); on CUDA an
     out-of-memory error retries with the CPU and one window per batch.
     """
@@ -155,7 +159,7 @@ def _sliding_window(image, predictor, patch_size, overlap, *, strides, weights, 
     w_dev = w.to(device)
     w_acc = w.to(accumulate_device, accumulate_dtype)
     windows = list(itertools.product(*starts))
-    out = norm = None
+    out = norm = psum = None
     with torch.inference_mode():
         for i in range(0, len(windows), max(1, int(sw_batch_size))):
             batch = windows[i:i + max(1, int(sw_batch_size))]
@@ -168,6 +172,7 @@ def _sliding_window(image, predictor, patch_size, overlap, *, strides, weights, 
             if pred.ndim != dims + 2 or tuple(pred.shape[2:]) != tuple(patch):
                 raise KitsegError(f"the network returned shape {tuple(pred.shape)} for an input of {tuple(x.shape)}")
             if vote:
+                probs = pred.to(accumulate_device, accumulate_dtype)
                 pred = F.one_hot(pred.argmax(1), pred.shape[1]).movedim(-1, 1).to(torch.float32)
             else:
                 pred = pred * w_dev  # not in place: a predictor may return a view of its input
@@ -175,15 +180,37 @@ def _sliding_window(image, predictor, patch_size, overlap, *, strides, weights, 
             if out is None:
                 out = torch.zeros((pred.shape[1], *padded), dtype=accumulate_dtype, device=accumulate_device)
                 norm = torch.zeros(padded, dtype=accumulate_dtype, device=accumulate_device)
+                psum = torch.zeros_like(out) if vote else None
             for j, b in enumerate(boxes):
                 out[(slice(None), *b)] += pred[j]
                 norm[b] += w_acc
+                if psum is not None:
+                    psum[(slice(None), *b)] += probs[j]
             if progress is not None:
                 progress(i + len(batch), len(windows))
         assert out is not None and norm is not None
+        if psum is not None:
+            _break_ties(out, psum, norm)
         out /= norm
     crop = tuple(slice(a, a + n) for (a, _), n in zip(pads, spatial))
     return out[(slice(None), *crop)]
+
+
+TIE_BONUS = 1e-3  # majority vote: what the tie winner gets on top of its vote count (a vote is 1)
+
+
+def _break_ties(votes: torch.Tensor, psum: torch.Tensor, norm: torch.Tensor) -> None:
+    """In place: where several classes share the most votes, the one of them with the largest summed
+    probability gets ``TIE_BONUS`` votes more (``norm`` is unchanged, so its fraction grows by
+    ``TIE_BONUS / n``)."""
+    top = votes.max(0).values
+    tied = votes >= top - 0.5  # vote counts are whole numbers
+    ties = tied.sum(0) > 1
+    if not bool(ties.any()):
+        return
+    winner = torch.where(tied, psum, torch.full_like(psum, -torch.inf)).argmax(0)
+    bonus = F.one_hot(winner, votes.shape[0]).movedim(-1, 0).to(votes.dtype) * ties.to(votes.dtype)
+    votes += TIE_BONUS * bonus
 
 
 def count_windows(spatial: Sequence[int], patch_size: Sequence[int | None], overlap: float = 0.5,

@@ -84,8 +84,9 @@ def majority_vote(image: torch.Tensor, predictor: Predictor, window: int = 64, s
                   **kw) -> torch.Tensor:
     """Sub-volumes of ``window`` slices (3D FCN-PPM II.B: 64), labels of overlaps by majority vote.
 
-    Returns the fraction of windows voting for each class; its argmax is the majority (ties go to
-    the lower class). ``stride`` defaults to half a window.
+    Returns the fraction of windows voting for each class; its argmax is the majority. A tie goes to
+    the tied class with the larger summed probability (``kitseg.inference.sliding.TIE_BONUS``; our
+    choice, the paper does not say). ``stride`` defaults to half a window.
     """
     stride = stride or max(1, window // 2)
     patch = _patch(image, (window, *in_plane), divisor)
