@@ -261,6 +261,21 @@ def test_percentile_zscore_and_nnunet_ct_by_hand():
     assert np.array_equal(X.ravel()[0], -1000.0)  # the input is untouched
 
 
+def test_percentile_zscore_clips_at_the_case_own_percentiles_with_clip_case():
+    """Zhang et al. 2.3: "for each data case" clip to its own 0.05 / 99.5 percentiles, z-score with
+    the dataset's mean and std; ``clip: dataset`` clips at the fingerprint's percentiles."""
+    x = np.arange(2000, dtype=np.float32).reshape(2, 10, 100) - 500  # -500 .. 1499
+    stats = STATS.model_copy(update={"mean": 100.0, "std": 50.0})
+    case = normalize(x, IntensitySpec(scheme="percentile_zscore", clip="case"), stats)
+    lo, hi = np.percentile(x, [0.05, 99.5])
+    assert np.allclose(case, (np.clip(x, lo, hi) - 100.0) / 50.0)
+    dataset = normalize(x, IntensitySpec(scheme="percentile_zscore"), stats)
+    assert np.allclose(dataset, (np.clip(x, stats.p00_05, stats.p99_5) - 100.0) / 50.0)
+    assert not np.allclose(case, dataset)
+    with pytest.raises(ValueError):
+        IntensitySpec(scheme="window", window=(-200, 500), clip="case")
+
+
 def test_window_schemes_by_hand():
     fcn = normalize(X, IntensitySpec(scheme="window", window=(-200, 500)))
     assert np.allclose(fcn.ravel(), np.array([0, 0, 100, 200, 250, 500, 700, 700]) / 700)

@@ -78,6 +78,28 @@ def test_fingerprint_of_known_volumes(tmp_path):
     assert Fingerprint.model_validate_json(fp.model_dump_json()) == fp
 
 
+def test_fingerprint_roi_statistics_cover_the_boxes_the_stage_crops(tmp_path):
+    """With a stage's RoiSpec the "roi" statistics are taken over exactly the voxels that stage's crop
+    holds (margin and minimum size included), not over the tighter kidney box."""
+    from kitseg.preprocessing.spec import RoiSpec
+
+    a = _known_case(tmp_path, "case_00000", (4, 6, 8), (2.0, 1.0, 1.0), np.arange(23), 500)
+    b = _known_case(tmp_path, "case_00001", (6, 6, 8), (3.0, 0.5, 1.0), 100 + 2 * np.arange(23), -40)
+    roi = RoiSpec(margin_mm=(0.0, 1.0, 1.0), kidneys="both", min_size_mm=(0.0, 0.0, 6.0))
+    fp = compute_fingerprint(open_dataset(tmp_path), workers=1, progress=False, roi_spec=roi)
+    assert fp.roi == roi
+    crops = []
+    for c in (a, b):
+        spacing = (2.0, 1.0, 1.0) if c is a else (3.0, 0.5, 1.0)
+        image, label = Volume.from_geometry(c["img"], spacing=spacing), Volume.from_geometry(c["lab"], spacing=spacing)
+        (entry,) = preprocess_case(image, label, PreprocessSpec(roi=roi, intensity={"scheme": "none"}))
+        crops.append(entry.image[0].ravel())
+    values = np.concatenate(crops).astype(np.float64)
+    st = fp.intensity["roi"]
+    assert st.n_voxels == values.size > a["roi"].size + b["roi"].size
+    assert st.mean == pytest.approx(values.mean()) and st.std == pytest.approx(values.std())
+
+
 def test_fingerprint_samples_deterministically_and_independent_of_workers(tmp_path):
     ds = open_dataset(write_dataset(tmp_path, 3))
     one = compute_fingerprint(ds, workers=1, progress=False, samples_per_case=50)

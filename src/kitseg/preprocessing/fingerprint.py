@@ -2,7 +2,9 @@
 
 As nnU-Net's fingerprint (and Zhang et al. 2.3's "statistics collecting step"): per-case shape,
 spacing and label counts; median spacing and shape; intensity statistics of three voxel sets
-(foreground = label > 0; the whole image; the kidney ROI box); kidney bounding-box sizes in mm.
+(foreground = label > 0; the whole image; the kidney ROI: the boxes a stage's ``RoiSpec`` draws
+around the ground truth, the very voxels that stage normalizes, or without one the kidneys' box
+grown by ``roi_margin_mm``); kidney bounding-box sizes in mm.
 Means and stds are exact (Chan's parallel update in float64); percentiles come from a
 deterministic sample of at most ``samples_per_case`` voxels per case (seeded by ``seed`` and the
 case's index, so the result does not depend on the number of workers).
@@ -20,9 +22,10 @@ import numpy as np
 from kitseg._atomic import write_text
 from kitseg.datasets import Case, Dataset, DatasetSpec
 from kitseg.errors import KitsegError
-from kitseg.preprocessing.crop import bbox_from_mask, label_counts
+from kitseg.preprocessing.crop import bbox_from_mask, kidney_boxes, label_counts
 from kitseg.preprocessing.progress import progress_map
 from kitseg.preprocessing.records import HIST_BINS, HIST_LOW, CaseFingerprint, Fingerprint, IntensityStats, dump_json
+from kitseg.preprocessing.spec import RoiSpec
 
 REGIONS = ("foreground", "image", "roi")
 PERCENTILES = (0.05, 0.5, 99.5, 99.95)
@@ -88,7 +91,8 @@ def _bbox_mm(box, spacing) -> tuple[float, float, float]:
 
 
 def case_fingerprint(case: Case, spec: DatasetSpec, index: int = 0, samples_per_case: int = 10000,
-                     roi_margin_mm: float = 0.0, seed: int = 0) -> tuple[CaseFingerprint, dict[str, _Acc]]:
+                     roi_margin_mm: float = 0.0, seed: int = 0, roi_spec: RoiSpec | None = None
+                     ) -> tuple[CaseFingerprint, dict[str, _Acc]]:
     """The fingerprint of one case and its intensity accumulators per region."""
     image, label = case.load(spec, need_image=False)
     ref = image if image is not None else label
@@ -103,7 +107,7 @@ def case_fingerprint(case: Case, spec: DatasetSpec, index: int = 0, samples_per_
         if fg.any():
             box = bbox_from_mask(fg, label.spacing)
             cf.kidney_bbox_mm = _bbox_mm(box, label.spacing)
-            roi = bbox_from_mask(fg, label.spacing, roi_margin_mm)
+            roi = roi_region(label.array, label.spacing, roi_spec, roi_margin_mm)
             comps = cc3d.connected_components(fg[box].view(np.uint8), connectivity=26)  # inside the box: fast
             st = cc3d.statistics(comps)
             order = np.argsort(st["voxel_counts"][1:])[::-1][:2] + 1
@@ -117,7 +121,7 @@ def case_fingerprint(case: Case, spec: DatasetSpec, index: int = 0, samples_per_
         regions = {"image": x.reshape(-1)}
         if fg is not None and fg.any():
             regions["foreground"] = x[fg]
-            regions["roi"] = np.ascontiguousarray(x[roi]).reshape(-1)
+            regions["roi"] = np.ascontiguousarray(x[roi]).reshape(-1) if isinstance(roi, tuple) else x[roi]
         for name, values in regions.items():
             acc = _Acc()
             acc.add(values)
@@ -126,22 +130,43 @@ def case_fingerprint(case: Case, spec: DatasetSpec, index: int = 0, samples_per_
     return cf, accs
 
 
+def roi_region(label: np.ndarray, spacing, roi_spec: RoiSpec | None, margin_mm: float = 0.0):
+    """The ROI voxels of one case: a box (slices) or, for several boxes, a boolean mask of their union.
+
+    With ``roi_spec`` the boxes are the ones preprocessing crops (``kidney_boxes`` with the spec's
+    margin, kidneys, axes and minimum size), so the statistics describe exactly what is normalized."""
+    if roi_spec is None:
+        return bbox_from_mask(label > 0, spacing, margin_mm)
+    boxes = kidney_boxes(label, spacing, roi_spec.margin_mm, kidneys=roi_spec.kidneys, axes=roi_spec.axes,
+                         min_shape=roi_spec.min_voxels(spacing))
+    if len(boxes) == 1:
+        return tuple(boxes[0])
+    mask = np.zeros(label.shape, dtype=bool)
+    for b in boxes:
+        mask[tuple(b)] = True
+    return mask
+
+
 def _worker(args):
-    case, spec, index, samples, margin, seed = args
-    return case_fingerprint(case, spec, index, samples, margin, seed)
+    case, spec, index, samples, margin, seed, roi_spec = args
+    return case_fingerprint(case, spec, index, samples, margin, seed, roi_spec)
 
 
 def compute_fingerprint(dataset: Dataset, workers: int = 2, progress: bool = True, *, samples_per_case: int = 10000,
-                        roi_margin_mm: float = 0.0, seed: int = 0) -> Fingerprint:
-    """Fingerprint a dataset, ``workers`` cases at a time (the result does not depend on ``workers``)."""
-    jobs = [(c, dataset.spec, i, samples_per_case, roi_margin_mm, seed) for i, c in enumerate(dataset.cases)]
+                        roi_margin_mm: float = 0.0, seed: int = 0, roi_spec: RoiSpec | None = None) -> Fingerprint:
+    """Fingerprint a dataset, ``workers`` cases at a time (the result does not depend on ``workers``).
+
+    ``roi_spec``: the ROI rule of the stage that reads the ``"roi"`` statistics (its boxes around the
+    ground truth); without it the ROI is the kidneys' box grown by ``roi_margin_mm``."""
+    jobs = [(c, dataset.spec, i, samples_per_case, roi_margin_mm, seed, roi_spec) for i, c in enumerate(dataset.cases)]
     parts = progress_map(_worker, jobs, workers=workers, progress=progress, description="fingerprint")
     return merge_fingerprints(dataset.spec.name, parts, samples_per_case=samples_per_case,
-                              roi_margin_mm=roi_margin_mm, seed=seed)
+                              roi_margin_mm=roi_margin_mm, seed=seed, roi_spec=roi_spec)
 
 
 def merge_fingerprints(name: str, parts: Sequence[tuple[CaseFingerprint, dict[str, _Acc]]], *,
-                       samples_per_case: int, roi_margin_mm: float, seed: int) -> Fingerprint:
+                       samples_per_case: int, roi_margin_mm: float, seed: int,
+                       roi_spec: RoiSpec | None = None) -> Fingerprint:
     cases = [cf for cf, _ in parts]
     if not cases:
         raise KitsegError("cannot fingerprint a dataset without cases")
@@ -169,7 +194,7 @@ def merge_fingerprints(name: str, parts: Sequence[tuple[CaseFingerprint, dict[st
         median_kidney_bbox_mm=tuple(float(v) for v in np.median(boxes, 0)) if len(boxes) else None,
         max_kidney_bbox_mm=tuple(float(v) for v in boxes.max(0)) if len(boxes) else None,
         intensity={r: a.stats() for r, a in merged.items() if a.n},
-        samples_per_case=samples_per_case, roi_margin_mm=roi_margin_mm, seed=seed)
+        samples_per_case=samples_per_case, roi_margin_mm=roi_margin_mm, seed=seed, roi=roi_spec)
 
 
 def median_target_spacing(fp: Fingerprint, threshold: float = 3.0) -> tuple[float, float, float]:

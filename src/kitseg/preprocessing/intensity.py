@@ -67,8 +67,11 @@ def normalize(image: np.ndarray, spec: IntensitySpec, stats: IntensityStats | No
         if stats is None:
             raise KitsegError(f"intensity scheme {scheme!r} needs dataset statistics (a fingerprint)")
         lo_q, hi_q = (0.5, 99.5) if scheme == "nnunet_ct" else spec.clip_percentiles
-        return _clip_scale(image, stats.percentile(lo_q), stats.percentile(hi_q), stats.mean,
-                           1.0 / max(stats.std, 1e-8))
+        if scheme == "percentile_zscore" and spec.clip == "case":  # this case's (this ROI's) own percentiles
+            low, high = case_percentiles(image, (lo_q, hi_q))
+        else:
+            low, high = stats.percentile(lo_q), stats.percentile(hi_q)
+        return _clip_scale(image, low, high, stats.mean, 1.0 / max(stats.std, 1e-8))
     if scheme == "window":
         lo, hi = spec.window  # type: ignore[misc]
         shift = lo
@@ -95,6 +98,15 @@ def normalize(image: np.ndarray, spec: IntensitySpec, stats: IntensityStats | No
     raise KitsegError(f"unknown intensity scheme {scheme!r}")
 
 
+def case_percentiles(image: np.ndarray, q: tuple[float, float]) -> tuple[float, float]:
+    """The ``q`` percentiles (in percent) of every voxel of ``image`` (exact, float64)."""
+    x = np.asarray(image).reshape(-1)
+    if x.size == 0:
+        return 0.0, 0.0
+    lo, hi = np.percentile(x, q)
+    return float(lo), float(hi)
+
+
 def median_denoise(image: np.ndarray, size: int = 3) -> np.ndarray:
     """A ``size``^3 median filter (TuNet 3.2: 3x3x3), borders by replication; returns float32.
 
@@ -114,4 +126,4 @@ def median_denoise(image: np.ndarray, size: int = 3) -> np.ndarray:
     return out
 
 
-__all__ = ["median_denoise", "normalize", "stats_for"]
+__all__ = ["case_percentiles", "median_denoise", "normalize", "stats_for"]

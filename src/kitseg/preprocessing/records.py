@@ -15,7 +15,7 @@ import re
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from kitseg.preprocessing.spec import PreprocessSpec
+from kitseg.preprocessing.spec import PreprocessSpec, RoiSpec
 
 SCHEMA_VERSION = 1
 
@@ -151,8 +151,9 @@ class Fingerprint(_Model):
     """Dataset statistics (``fingerprint.json``): per-case geometry, medians, intensities, classes.
 
     ``intensity`` maps a region to its statistics: ``"foreground"`` (label > 0, nnU-Net),
-    ``"image"`` (all voxels, Zhang et al. stage 1), ``"roi"`` (voxels in the kidney bounding box
-    grown by ``roi_margin_mm``, Zhang et al. stage 2 and 3D FCN-PPM). Empty when no case has an image.
+    ``"image"`` (all voxels, Zhang et al. stage 1), ``"roi"`` (voxels in the boxes that ``roi``, a
+    stage's RoiSpec, draws around the ground truth; without one the kidney bounding box grown by
+    ``roi_margin_mm``; Zhang et al. stage 2 and 3D FCN-PPM). Empty when no case has an image.
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -169,6 +170,7 @@ class Fingerprint(_Model):
     intensity: dict[str, IntensityStats] = Field(default_factory=dict)
     samples_per_case: int = 10000
     roi_margin_mm: float = 0.0
+    roi: RoiSpec | None = None
     seed: int = 0
 
     @property

@@ -40,10 +40,13 @@ class IntensitySpec(BaseModel):
 
     Schemes (``normalize`` in ``kitseg.preprocessing.intensity``):
 
-    - ``percentile_zscore`` (Zhang et al. 2.3 "Normalization"): clip to the dataset percentiles
+    - ``percentile_zscore`` (Zhang et al. 2.3 "Normalization"): clip to the percentiles
       ``clip_percentiles`` (default 0.05 % and 99.5 %), then subtract the dataset mean and divide
       by the dataset std. ``scope`` names the voxels the dataset statistics were collected over:
-      ``"image"`` (whole images; Zhang stage 1) or ``"roi"`` (the kidney region; Zhang stage 2).
+      ``"image"`` (whole images; Zhang stage 1) or ``"roi"`` (the stage's ROI boxes, the same rule
+      as its ``roi``; Zhang stage 2). ``clip``: ``"dataset"`` takes the percentiles from the
+      fingerprint; ``"case"`` from the voxels being normalized, i.e. each case's own image (stage 1)
+      or its own ROI box (stage 2): Zhang et al.'s "for each data case, 1) do percentile clipping".
     - ``nnunet_ct`` (nnU-Net's CT scheme, the baseline): clip to the 0.5-99.5 percentiles of the
       dataset's foreground (label > 0) voxels, z-score with their mean and std. Uses the
       ``"foreground"`` statistics whatever ``scope`` says.
@@ -65,6 +68,7 @@ class IntensitySpec(BaseModel):
     window: tuple[float, float] | None = None
     scope: Literal["foreground", "image", "roi"] = "foreground"
     subtract_dataset_mean: bool = False
+    clip: Literal["dataset", "case"] = "dataset"
     mean: float | None = None
     std: float | None = None
     median_denoise: bool = False
@@ -81,6 +85,8 @@ class IntensitySpec(BaseModel):
             raise ValueError("scheme 'window_zscore' needs fixed constants mean and std (std > 0)")
         if self.subtract_dataset_mean and self.scheme != "window":
             raise ValueError("subtract_dataset_mean applies to scheme 'window' only")
+        if self.clip == "case" and self.scheme != "percentile_zscore":
+            raise ValueError("clip: case applies to scheme 'percentile_zscore' only")
         return self
 
     @property
@@ -198,19 +204,22 @@ PRESETS: dict[str, PreprocessSpec] = {
     # spacing: 6.44 x 1.62 x 1.62 mm, where an 80 x 160 x 160 patch covers "more than a quarter of
     # total voxels" (two thirds of a median case; with the original 512 x 512 slices, a seventh).
     # The pipeline "mainly follows the nnUNet pre-processing path" (cubic images, per-label linear
-    # labels). Normalization: clip (0.05 %, 99.5 %) + z-score, statistics "over entire image".
+    # labels). Normalization: "for each data case" clip to its (0.05 %, 99.5 %) percentiles, then
+    # z-score with the mean and std of the statistics collecting step, "over entire image".
     "zhang_stage1": _spec(target_spacing=[6.44, 1.62, 1.62], image_interpolation="cubic",
                           label_interpolation="linear_per_label",
-                          intensity=IntensitySpec(scheme="percentile_zscore", scope="image")),
+                          intensity=IntensitySpec(scheme="percentile_zscore", scope="image", clip="case")),
     # Zhang et al. 2.3: stage 2 "no resampling" (stays on the 3.22 x 1.62 x 1.62 mm grid); the ROI
     # crops have a median 40 x 160 x 160 voxels = 129 x 259 x 259 mm. A box around both kidneys
     # without margin, at least 259.2 mm (160 voxels) wide in-plane, gives exactly those medians on
     # the 150 KiTS19 label maps (their both-kidney box: median 130 x 93 x 224 mm; one kidney's box
-    # would be a median 34 x 49 x 46 voxels). Statistics "over solely ROI".
+    # would be a median 34 x 49 x 46 voxels). Statistics "over solely ROI": each case clipped at its
+    # ROI's own percentiles, the mean and std over the dataset's ROI boxes (drawn by the same rule).
+    # The zhang2019_cascade recipe adds a margin (two stage-1 slices in z, 10 mm in-plane) to this.
     "zhang_stage2": _spec(target_spacing=[3.22, 1.62, 1.62], image_interpolation="cubic",
                           label_interpolation="linear_per_label",
                           roi=RoiSpec(margin_mm=0.0, kidneys="both", min_size_mm=(0.0, 259.2, 259.2)),
-                          intensity=IntensitySpec(scheme="percentile_zscore", scope="roi")),
+                          intensity=IntensitySpec(scheme="percentile_zscore", scope="roi", clip="case")),
     # TuNet 2.1: L-Net input 128x128x64 (x, y, z); 3.4: resample, zero-pad to the largest
     # volume, zero mean / unit variance per volume.
     "tunet_lnet": _spec(target_shape=[64, 128, 128], pad_to_shape=True,

@@ -57,9 +57,12 @@ def stage_seed(seed: int, fold: int, stage_index: int) -> int:
     return int(np.random.SeedSequence([seed, fold, stage_index]).generate_state(1)[0])
 
 
-def _roi_margin(recipe: Recipe) -> float:
-    margins = [s.preprocess.roi.margin_mm for s in recipe.stages if s.preprocess.roi is not None]
-    return float(max((max(m) if isinstance(m, (tuple, list)) else m) for m in margins)) if margins else 0.0
+def roi_statistics_spec(recipe: Recipe):
+    """The ROI rule the fingerprint's ``"roi"`` statistics are collected with: that of the first stage
+    that normalizes with them (else the first stage with a ROI), so they describe the voxels it normalizes."""
+    with_roi = [s for s in recipe.stages if s.preprocess.roi is not None]
+    readers = [s for s in with_roi if s.preprocess.intensity.stats_region == "roi"]
+    return (readers or with_roi or [None])[0].preprocess.roi if (readers or with_roi) else None
 
 
 def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainOptions, n_splits: int = 5,
@@ -88,7 +91,7 @@ def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainO
                 fingerprint = read_fingerprint(fp_path)
             else:
                 fingerprint = compute_fingerprint(dataset, workers=workers, progress=options.progress,
-                                                  roi_margin_mm=_roi_margin(recipe), seed=options.seed)
+                                                  roi_spec=roi_statistics_spec(recipe), seed=options.seed)
                 write_fingerprint(fingerprint, fp_path)
             ensure_splits(run_dir / "splits.json", [c.case_id for c in dataset.cases], n_splits, options.seed)
             for s in recipe.stages:
