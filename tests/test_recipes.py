@@ -70,3 +70,30 @@ def test_cli_recipes(capsys):
     assert "stages.segment.epochs" in capsys.readouterr().err
     assert main(["recipes", "--markdown"]) == 0
     assert "| `stages.segment.patch_size` |" in capsys.readouterr().out
+
+
+def _parameters(stage, **params) -> int:
+    import torch
+
+    from kitseg.nets import build_network
+
+    with torch.device("meta"):
+        net = build_network(stage.network.name, stage.in_channels, stage.target.out_channels,
+                            **{**stage.network.params, **params})
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_zhang_deviations_state_the_parameter_counts_of_the_built_networks():
+    """The 320-feature cap and the pooling order are declared with their parameter-count effect; the
+    figures quoted must be those of the networks as built (capped, uncapped, early pooling)."""
+    import re
+
+    r = load_recipe("zhang2019_cascade")
+
+    def counts(key):
+        return [int(n.replace(",", "")) for n in re.findall(r"\d{1,3}(?:,\d{3})+", r.deviations[key])]
+
+    loc, seg = r.stage("localize"), r.stage("segment")
+    assert counts("stages.localize.network.params.max_features") == [_parameters(loc), _parameters(loc, max_features=None)]
+    assert counts("stages.segment.network.params.max_features") == [_parameters(seg), _parameters(seg, max_features=None)]
+    assert counts("stages.segment.network.params.pool_order") == [_parameters(seg, pool_order="early")]

@@ -20,10 +20,13 @@ Our reading and choices where the text is silent:
 - The text's decoder cannot both reduce features in the deconvolution and halve them in every
   block while adding f_i-channel skips, so: the transposed conv maps whatever comes from below to
   the level's f_i features (reducing them), the skip is added, and the block halves f_i -> f_i/2.
-- The (3, 5, 5) pools follow nnU-Net's anisotropic plan (``pool_order="late"``): at the KiTS19
-  interpolated spacing (3 x 0.78 x 0.78 mm) z is pooled only at the three deepest steps, matching
-  the 1x3x3 first conv "to balance the spacing".
-- Features capped at 320 (``max_features``) as in nnU-Net, which the paper follows (section 2.3).
+- The text gives the pool counts (3, 5, 5), not the steps at which z is pooled. By default
+  (``pool_order="late"``) z is pooled at the three deepest steps: at the recipes' 3.22 x 1.62 x
+  1.62 mm the first (1, 2, 2) step makes the grid isotropic (3.22 x 3.24 mm), as the 1x3x3 first
+  conv "to balance the spacing" suggests. nnU-Net's rule (pool every axis whose spacing is at most
+  twice the finest) would pool z from the first step at that ratio of 1.99: ``pool_order="early"``.
+- Features capped at 320 (``max_features``) as in nnU-Net, which the paper follows (section 2.3);
+  ``max_features=None`` gives the literal doubling (960 at the bottom).
 - Aux heads: 1x1 conv then trilinear upsampling to full size (``ds_mode``), one per decoder level
   below the finest; ``forward`` in training returns [full, level 1, level 2, ...], all full size.
 Ablations of Table 1 are switches: ``deep_supervision`` (DS), ``residual`` (Res: ``False`` drops
@@ -52,7 +55,7 @@ class ResUNetDS(nn.Module):
     """Pre-activation residual U-Net with strided-conv downsampling, additive skips and deep supervision."""
 
     def __init__(self, in_channels: int, out_channels: int, base_features: int = 30,
-                 pool_counts: int | Sequence[int] = (3, 5, 5), pool_order: str = "late", max_features: int = 320,
+                 pool_counts: int | Sequence[int] = (3, 5, 5), pool_order: str = "late", max_features: int | None = 320,
                  blocks_per_level: int = 1, first_kernel: int | Sequence[int] = (1, 3, 3),
                  deep_supervision: bool = True, residual: bool = True, ds_mode: str = "linear"):
         super().__init__()
@@ -60,7 +63,8 @@ class ResUNetDS(nn.Module):
         counts = as_pool_counts(pool_counts, 3)
         kernels = pool_kernels(counts, pool_order)
         self.size_divisor = size_divisor(counts)
-        feats = [min(base_features * 2**i, max_features) for i in range(len(kernels) + 1)]
+        cap = max_features if max_features is not None else 2**31
+        feats = [min(base_features * 2**i, cap) for i in range(len(kernels) + 1)]
 
         def blocks(ch: int) -> nn.Sequential:
             return nn.Sequential(*(PreActResBlock(3, ch, ch, residual=residual) for _ in range(blocks_per_level)))
@@ -107,7 +111,7 @@ class ResUNetDS(nn.Module):
 
 
 def resunet_ds_zhang(in_channels: int, out_channels: int, base_features: int = 30,
-                     pool_counts: int | Sequence[int] = (3, 5, 5), pool_order: str = "late", max_features: int = 320,
+                     pool_counts: int | Sequence[int] = (3, 5, 5), pool_order: str = "late", max_features: int | None = 320,
                      blocks_per_level: int = 1, deep_supervision: bool = True, residual: bool = True,
                      ds_mode: str = "linear") -> ResUNetDS:
     """Stage-2 kidney + tumor network of Zhang et al. section 2.2 (paper size: 2 inputs, 3 classes)."""
