@@ -97,3 +97,14 @@ def test_zhang_deviations_state_the_parameter_counts_of_the_built_networks():
     assert counts("stages.localize.network.params.max_features") == [_parameters(loc), _parameters(loc, max_features=None)]
     assert counts("stages.segment.network.params.max_features") == [_parameters(seg), _parameters(seg, max_features=None)]
     assert counts("stages.segment.network.params.pool_order") == [_parameters(seg, pool_order="early")]
+
+
+def test_recipes_cite_papers_not_files_users_do_not_have():
+    """A recipe's paper, citations and deviations name papers (title, venue, year), never a path into
+    the development workplace (../shared/papers/..., REFERENCE.md)."""
+    for name in list_recipes():
+        text = recipe_path(name).read_text(encoding="utf-8")
+        for bad in ("shared/", "REFERENCE.md", ".txt)"):
+            assert bad not in text, f"{name}: mentions {bad!r}"
+        r = load_recipe(name)
+        assert any(str(y) in r.paper for y in range(2015, 2026)), f"{name}: the paper has no year: {r.paper}"

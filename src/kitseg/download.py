@@ -11,7 +11,7 @@ Where the files come from (read in the official repositories):
   labels in that git repository (``dataset/case_XXXXX/segmentation.nii.gz``). ``kits23/download.py``
   downloads those case numbers only, as ``case_XXXXX`` into ``dataset/case_XXXXX/imaging.nii.gz``; the
   versions we could read still name the old DigitalOcean bucket (``master_XXXXX.nii.gz``), the
-  maintained one the hub repository above (REFERENCE.md), whose file names are the same for both.
+  maintained one the hub repository above, whose file names are the same for both.
 - Neither official script checks sizes or checksums (kits19 uses Content-Length for its progress bar
   only; kits23's ``urlretrieve`` raises on a body shorter than Content-Length). We verify every file:
   see ``kitseg.fetch``.

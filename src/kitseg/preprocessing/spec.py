@@ -244,7 +244,7 @@ PRESETS: dict[str, PreprocessSpec] = {
     "fcn_ppm": _spec(roi=RoiSpec(margin_mm=0.0, kidneys="with_tumor", min_shape=(1, 150, 150)),
                      intensity=IntensitySpec(scheme="window", window=(-200.0, 500.0), scope="roi",
                                              subtract_dataset_mean=True)),
-    # MLPerf KiTS19 3D U-Net reference (REFERENCE.md): 1.6 x 1.2 x 1.2 mm, clip -79..304 HU,
+    # MLPerf Training KiTS19 3D U-Net reference: 1.6 x 1.2 x 1.2 mm, clip -79..304 HU,
     # mean 101.0, std 76.9.
     "mlperf": _spec(target_spacing=[1.6, 1.2, 1.2],
                     intensity=IntensitySpec(scheme="window_zscore", window=(-79.0, 304.0), mean=101.0, std=76.9)),

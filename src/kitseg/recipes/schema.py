@@ -191,7 +191,7 @@ class Recipe(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str
     title: str
-    paper: str  # file name under ../shared/papers or a citation
+    paper: str  # the paper(s): authors, title, venue, year
     description: str = ""
     labels: Literal["kits19", "kits21", "kits23"] = "kits19"
     stages: list[Stage] = Field(min_length=1)

@@ -8,7 +8,7 @@ The papers' settings, all expressible in a recipe:
   (``early_stopping: 15``).
 - 3D FCN-PPM (section III.B.3): SGD, momentum 0.9, weight decay 1e-5, lr 1e-3, ``multistep`` at
   epochs [3, 5, 7] (gamma 0.1, the usual multistep factor; the paper gives none).
-- nnU-Net-like baseline (REFERENCE.md): SGD lr 1e-2, momentum 0.99 Nesterov, weight decay 3e-5,
+- nnU-Net-like baseline (nnU-Net v2 defaults): SGD lr 1e-2, momentum 0.99 Nesterov, weight decay 3e-5,
   ``poly`` with power 0.9.
 
 Schedules step once per epoch (``step_schedule``). Weight decay is the optimizers' L2 term on all

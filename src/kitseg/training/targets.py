@@ -9,7 +9,7 @@ nested regions come out right:
 - softmax {kidney: [1, 2]} -> 1; {kidney: [1], tumor: [2]} -> 1, 2;
 - sigmoid {whole: [1, 2], tumor: [2]} -> whole painted 1, then tumor painted 2 on top;
 - KiTS23 regions {kidney_and_masses: [1, 2, 3], masses: [2, 3], tumor: [2]} -> 1, 3, 2 (the
-  KiTS21/23 overlap order, REFERENCE.md).
+  KiTS21/23 overlap order of the official kits21/kits23 repositories).
 
 The label of a class is the smallest of its labels not covered by a smaller class nested in it.
 """
