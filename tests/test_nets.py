@@ -19,7 +19,7 @@ from kitseg.nets import (
     required_divisor,
     size_divisor,
 )
-from kitseg.nets.blocks import AttentionGate, Bottleneck, ConvNormAct, HDCBlock, PreActResBlock, SEBlock
+from kitseg.nets.blocks import AttentionGate, ConvNormAct, HDCBlock, PreActResBlock, ResBlock, SEBlock
 from kitseg.nets.receptive import count_parameters, linearized, receptive_field
 from kitseg.nets.unet import UNet
 
@@ -254,13 +254,24 @@ def test_vnet25d_has_multiscale_se_attention_and_hdc():
 
 
 def test_fcn_ppm_has_13_residual_blocks_39_convs_and_two_poolings():
+    """Section II.A.1: "13 residual blocks with a total of 39 convolutional layers in our network":
+    counted over every convolution and deconvolution of the whole network as built."""
     net = _paper("fcn_ppm")
-    blocks = [m for m in net.modules() if isinstance(m, Bottleneck)]
-    assert len(blocks) == 13
-    assert sum(isinstance(m, nn.Conv3d) for b in blocks for m in b.body.modules()) == 39
+    assert len(net.residual_blocks) == 13 and all(isinstance(b, ResBlock) for b in net.residual_blocks)
+    assert _count(net, nn.Conv3d) + _count(net, nn.ConvTranspose3d) == len(net.conv_layers) == 39
     assert _count(net, nn.MaxPool3d) == 2 and any(c.dilation == (2, 2, 2) for c in net.modules()
                                                   if isinstance(c, nn.Conv3d))
     assert net.ppm.kernels == (2, 4, 8, 16) and len(net.ppm.branches) == 4
+    # the PPM's deconvolutions: one k^3 kernel per channel, not a full channels x channels one
+    for k, branch in zip(net.ppm.kernels, net.ppm.branches):
+        up = branch[-1]
+        assert isinstance(up, nn.ConvTranspose3d) and up.groups == up.in_channels
+        assert up.weight.numel() == up.in_channels * k**3
+    assert count_parameters(net) < 8_000_000  # "we choose to limit the width"
+    with torch.device("meta"):  # the other reading: 39 convs in the bottleneck bodies, 53 in the network
+        other = build_network("fcn_ppm", 1, 3, base_features=16, block="bottleneck", ppm_upsample="full")
+    assert len(other.residual_blocks) == 13 and len(other.conv_layers) == 53
+    assert sum(isinstance(m, nn.Conv3d) for b in other.residual_blocks for m in b.body.modules()) == 39
 
 
 def test_every_paper_size_configuration_builds():

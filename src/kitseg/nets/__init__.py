@@ -93,8 +93,10 @@ NETWORKS: dict[str, NetInfo] = {
         1, 2, (512, 512), "2.5D: context_slices x in_channels input channels; predicts the centre slice"),
     "fcn_ppm": NetInfo(
         fcn_ppm.fcn_ppm, f"{_FCN}, section II.A", 3, "softmax",
-        {"base_features": 16}, {"base_features": 2, "blocks": (1, 1, 1), "ppm_kernels": (2, 4)},
-        1, 3, (64, 128, 128), "13 bottleneck blocks (39 convs), 2 poolings, dilation 2, PPM (2, 4, 8, 16)"),
+        {"base_features": 32, "block": "basic", "ppm_upsample": "grouped"},
+        {"base_features": 2, "blocks": (1, 1, 1), "ppm_kernels": (2, 4)},
+        1, 3, (64, 128, 128), "13 residual blocks, 39 convolutions in the whole network, 2 poolings, dilation 2, "
+        "PPM (2, 4, 8, 16) with per-channel deconvolutions"),
     "unet2d": NetInfo(
         unet.unet2d, "Baseline: 2D U-Net (Ronneberger et al. 2015)", 2, "softmax",
         {"base_features": 32, "n_levels": 5}, {"base_features": 4, "n_levels": 3},

@@ -7,8 +7,8 @@ the blocks themselves follow the papers' text:
   normalization + leaky ReLU").
 - ``PreActResBlock``: pre-activation residual block, norm -> act -> conv twice plus a shortcut
   (Zhang et al. section 2.2, after He et al. 2016 "Identity mappings in deep residual networks").
-- ``ResBlock`` (post-activation, nnU-Net ResEnc) and ``Bottleneck`` (1x1, 3x3, 1x1; the 3D FCN
-  paper's 13 blocks x 3 convs, PSPNet's backbone): residual blocks of He et al. 2016.
+- ``ResBlock`` (post-activation; nnU-Net ResEnc, the 3D FCN's 13 basic blocks) and ``Bottleneck``
+  (1x1, 3x3, 1x1; PSPNet's backbone, the 3D FCN's other reading): residual blocks of He et al. 2016.
 - ``SEBlock``: squeeze-and-excitation (Hu et al. 2018; TuNet section 2.3 and the 2.5D VNet).
 - ``AttentionGate``: additive attention gate on a skip connection (Oktay et al. 2018; 2.5D VNet).
 - ``PyramidPooling``: shortcut plus branches of (avg-pool k, 1x1 conv, transposed conv k), all
@@ -211,18 +211,27 @@ class PyramidPooling(nn.Module):
     Each branch (section II.A.2: "a pooling layer, a convolution layer and a deconvolution layer"):
     average pooling with kernel = stride = k, a 1x1 convolution to ``branch_ch`` features + ReLU
     (no norm: the coarsest branch may pool to a single voxel), and a transposed convolution with
-    kernel = stride = k back to the input size; the shortcut and all branches are concatenated
+    kernel = stride = k back to the input size (``grouped_up``: one kernel per channel, as FCN's
+    upsampling deconvolutions, instead of a full ``branch_ch`` x ``branch_ch`` one, whose k = 16
+    kernel alone holds branch_ch^2 x 4096 weights); the shortcut and all branches are concatenated
     (output ``channels + len(kernels) * branch_ch``). The input size must be divisible by every kernel.
     """
 
     def __init__(self, dims: int, channels: int, kernels: Sequence[int] = (2, 4, 8, 16), branch_ch: int | None = None,
-                 act: str = "relu"):
+                 act: str = "relu", grouped_up: bool = False):
         super().__init__()
         bc = branch_ch or max(1, channels // len(kernels))
         self.kernels = tuple(int(k) for k in kernels)
+
+        def up(k: int) -> nn.Module:
+            if not grouped_up:
+                return up_conv(dims, bc, bc, k)
+            s = tup(k, dims)  # one k^3 kernel per channel (FCN's per-channel deconvolution): bc * k^3 weights
+            return Conv[Conv.CONVTRANS, dims](bc, bc, kernel_size=s, stride=s, groups=bc)
+
         self.branches = nn.ModuleList(
             nn.Sequential(Pool[Pool.AVG, dims](kernel_size=k, stride=k), conv(dims, channels, bc, 1), act_layer(act),
-                          up_conv(dims, bc, bc, k))
+                          up(k))
             for k in self.kernels)
         self.out_channels = channels + len(self.kernels) * bc
 
