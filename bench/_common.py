@@ -67,6 +67,19 @@ def _cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+# The CPU flags that decide what the networks run in: bf16 matrix units (kitseg.precision), AVX-512, AVX2.
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(next(line.split(":", 1)[1].split() for line in f if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return []
+    return [f for f in CPU_FLAGS if f in flags]
+
+
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -79,7 +92,7 @@ def machine(gpu: bool = False) -> dict:
     average now; ``gpu``: also the CUDA device's name (imports torch)."""
     import psutil
 
-    out = {"cpu": _cpu_model(), "cores": cores(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    out = {"cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cores": cores(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
            "python": platform.python_version(), "torch": _version("torch"), "load_avg_1min": load_1min()}
     if gpu:
         import torch
@@ -90,7 +103,9 @@ def machine(gpu: bool = False) -> dict:
 
 def machine_line(m: dict, threads: int | None = None, load_end: float | None = None) -> str:
     """One sentence for a BENCHMARKS.md section: the machine a figure came from."""
-    parts = [f"{m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM"]
+    flags = m.get("cpu_flags")
+    flags = f" (flags: {' '.join(flags) or 'none of ' + ', '.join(CPU_FLAGS)})" if flags is not None else ""
+    parts = [f"{m['cpu']}{flags}, {m['cores']} cores, {m['ram_gb']} GB RAM"]
     if m.get("gpu"):
         parts.append(m["gpu"])
     parts.append(f"Python {m['python']}" + (f", torch {m['torch']}" if m.get("torch") else ""))

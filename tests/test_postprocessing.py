@@ -253,3 +253,62 @@ def test_dense_crf_without_the_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(KitsegError, match="pip install pydensecrf2"):
         dense_crf(np.zeros((2, 2, 2, 2), np.float32), np.zeros((2, 2, 2), np.float32), (1, 1, 1))
+
+
+def _body_and_affine(shape=(30, 40, 60), spacing=4.0):
+    """A CT-like body (0 HU ellipse in every slice, air around) centred left-right at x index 30."""
+    z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    ct = np.where(((y - 20) / 18.0) ** 2 + ((x - 30) / 28.0) ** 2 <= 1, 0.0, -1000.0).astype(np.float32)
+    # index (z, y, x) -> LPS (x, y, z) in mm: the canonical orientation (x to the patient's left)
+    affine = np.array([[0, 0, spacing, 0], [0, spacing, 0, 0], [spacing, 0, 0, 0], [0, 0, 0, 1]], float)
+    return ct, affine
+
+
+def _blob(labels, centre, radius, value=1):
+    z, y, x = np.meshgrid(*[np.arange(s) for s in labels.shape], indexing="ij")
+    r = np.asarray(radius, float)
+    inside = ((z - centre[0]) / r[0]) ** 2 + ((y - centre[1]) / r[1]) ** 2 + ((x - centre[2]) / r[2]) ** 2 <= 1
+    labels[inside] = value
+    return inside
+
+
+def test_kidneys_by_side_keeps_one_kidney_per_side_despite_a_larger_distractor():
+    from kitseg.postprocessing import kidneys_by_side
+
+    ct, affine = _body_and_affine()
+    labels = np.zeros(ct.shape, np.uint8)
+    right = _blob(labels, (15, 26, 16), (4, 3, 2.5))  # the patient's right: low x
+    left = _blob(labels, (15, 26, 44), (4, 3, 2.5))
+    tumor = _blob(labels, (15, 26, 47), (2, 2, 1.5), 2)  # part of the left kidney
+    distractor = _blob(labels, (10, 12, 12), (5, 5, 4))  # liver-like, larger than either kidney, right side
+    assert distractor.sum() > right.sum() and distractor.sum() > (left | tumor).sum()
+    # "the two largest components" keeps the distractor and loses a kidney ...
+    two = filter_components_multiclass(labels, 2)
+    assert (two[distractor] > 0).all() and not (two[right] > 0).all()
+    # ... one per side of the midline keeps both kidneys and the tumor (these toy kidneys hold 8-9 ml)
+    out = kidneys_by_side(labels, ct, affine, min_ml=2.0)
+    assert (out[right] == 1).all() and (out[left & ~tumor] == 1).all() and (out[tumor] == 2).all()
+    assert (out[distractor & ~right] == 0).all()
+
+
+def test_kidneys_by_side_drops_specks_and_uses_the_body_midline_not_the_image_centre():
+    from kitseg.postprocessing import kidneys_by_side
+
+    ct, affine = _body_and_affine()
+    ct[:, :, :14] = -1000.0  # the body is off-centre: its midline (about x index 37) is left of the image centre (30)
+    labels = np.zeros(ct.shape, np.uint8)
+    a = _blob(labels, (15, 26, 19), (4, 3, 2.5))  # right of both
+    b = _blob(labels, (15, 26, 32), (3, 2, 2))  # smaller; right of the body's midline, left of the image centre
+    speck = _blob(labels, (5, 30, 50), (0.5, 0.5, 0.5))  # 1 voxel = 0.064 ml on the left: below min_ml
+    out = kidneys_by_side(labels, ct, affine, min_ml=1.0)
+    assert (out[a] == 1).all() and (out[b] == 0).all() and (out[speck] == 0).all()
+    assert not kidneys_by_side(np.zeros_like(labels), ct, affine).any()
+
+
+def test_tumor_far_from_any_kidney_is_removed_and_attached_tumor_kept():
+    labels = np.zeros((20, 30, 30), np.uint8)
+    kidney = _blob(labels, (10, 15, 8), (5, 4, 3))
+    attached = _blob(labels, (10, 15, 11), (2, 2, 1.5), 2)
+    far = _blob(labels, (10, 15, 24), (3, 3, 3), 2)  # in the "liver", touching no kidney voxel
+    out = tumor_inside_kidney(labels)
+    assert (out[attached] == 2).all() and (out[kidney & ~attached] == 1).all() and (out[far] == 0).all()

@@ -269,7 +269,7 @@ class _Counter:
 
 def _labels(probs: np.ndarray, stage: Stage, ct: Volume, record: CaseRecord) -> np.ndarray:
     """Dataset labels of one entry from its probabilities, then the stage's post-processing steps."""
-    from kitseg.postprocessing import OPS, dense_crf
+    from kitseg.postprocessing import OPS, dense_crf, kidneys_by_side
 
     target = stage.target
     classes = probs.argmax(0) if target.kind == "softmax" else probs > 0.5
@@ -282,6 +282,9 @@ def _labels(probs: np.ndarray, stage: Stage, ct: Volume, record: CaseRecord) -> 
             hu = _raw_ct(ct, record)
             spacing = np.linalg.norm(np.asarray(record.resample.affine)[:3, :3], axis=0)
             labels = classes_to_labels(dense_crf(probs, hu, spacing, **params), target)
+        elif step.op == "kidneys_by_side":  # needs the CT (the body's midline) and the grid's geometry
+            params.setdefault("foreground", foreground_labels(target))
+            labels = kidneys_by_side(labels, _raw_ct(ct, record), record.resample.padded_affine, **params)
         elif step.op == "largest_components":
             params.setdefault("foreground", foreground_labels(target))
             labels = OPS[step.op](labels, **params)

@@ -114,6 +114,10 @@ class AugmentSpec(_Strict):
     prior_degrade: float = Field(0.0, ge=0, le=1)
     prior_coarse_mm: float = Field(4.0, gt=0)
     prior_morph_mm: float = Field(0.0, ge=0)
+    # With probability prior_extra (on top of the above, same draws) the prior also gets one or two false-positive
+    # blobs of up to prior_extra_mm radius attached to it, as an earlier stage that leaks into a neighbouring organ.
+    prior_extra: float = Field(0.0, ge=0, le=1)
+    prior_extra_mm: float = Field(20.0, gt=0)
 
 
 class InferenceSpec(_Strict):
@@ -128,7 +132,7 @@ class InferenceSpec(_Strict):
 
 
 class PostStep(_Strict):
-    op: Literal["largest_components", "median", "tumor_in_kidney", "crf"]
+    op: Literal["largest_components", "kidneys_by_side", "median", "tumor_in_kidney", "crf"]
     params: dict[str, Any] = Field(default_factory=dict)
 
 
