@@ -421,3 +421,28 @@ def test_paper_stage_configurations_train(tmp_path, name):
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in result.history)
     ck = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert ck["network"]["name"] == stage.network.name and ck["epoch"] == 2
+
+
+def test_prior_leaks_grow_the_prior_outside_only_and_are_reproducible():
+    import numpy as np
+
+    from kitseg.recipes.schema import AugmentSpec
+    from kitseg.training.augment import degrade_prior, sample_params
+
+    prior = np.zeros((20, 40, 40), np.float32)
+    prior[6:14, 12:28, 10:20] = 1.0
+    spec = AugmentSpec(prior_degrade=1.0, prior_coarse_mm=1.0, prior_morph_mm=0.0, prior_extra=1.0,
+                       prior_extra_mm=8.0)
+    sizes = []
+    for seed in range(5):
+        params = sample_params(spec, np.random.default_rng(seed), 3, (2.0, 1.0, 1.0))
+        assert params.prior_extra_seed is not None
+        a = degrade_prior(prior, params, (2.0, 1.0, 1.0))
+        b = degrade_prior(prior, params, (2.0, 1.0, 1.0))
+        assert (a == b).all()  # the same draw gives the same leak
+        assert (a[prior > 0] == 1).all()  # the true mask stays inside
+        sizes.append(int(a.sum() - prior.sum()))
+    assert min(sizes) > 0 and len(set(sizes)) > 1  # every draw leaks, by different amounts
+    # without prior_extra the stream of draws and the prior are as before
+    plain = AugmentSpec(prior_degrade=1.0, prior_coarse_mm=1.0)
+    assert sample_params(plain, np.random.default_rng(0), 3).prior_extra_seed is None

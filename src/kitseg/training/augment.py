@@ -22,7 +22,10 @@ Transforms (``AugmentSpec``) and where they come from:
   prior made from the ground truth but predicts with an earlier stage's coarse, imperfect mask; a
   network that has only seen perfect priors copies the prior's blocky edges and errors. With this
   probability the prior is coarsened to blocks of ``prior_coarse_mm`` (the earlier stage's grid,
-  random phase) and dilated or eroded by U(-prior_morph_mm, prior_morph_mm).
+  random phase) and dilated or eroded by U(-prior_morph_mm, prior_morph_mm). With probability
+  ``prior_extra`` it first gets one or two ellipsoids of up to ``prior_extra_mm`` radius centred
+  just outside its surface: the over-extension into a neighbouring organ that a briefly trained
+  localizer makes (kitseg's phantom benchmark: stage 2's false positives lay inside such leaks).
 
 Rotation, zoom and the intensity scale/shift are each applied with probability ``probability``.
 """
@@ -55,6 +58,8 @@ class AugParams:
     prior_block: tuple[int, int, int] | None = None  # coarsening block (voxels); None: prior untouched
     prior_phase: tuple[int, int, int] = (0, 0, 0)
     prior_radius_mm: float = 0.0  # > 0 dilate, < 0 erode
+    prior_extra_seed: int | None = None  # seeds the false-positive blobs added to the prior (None: none)
+    prior_extra_mm: float = 20.0
 
 
 NONE = AugParams()
@@ -99,6 +104,7 @@ def sample_params(spec: AugmentSpec, rng: np.random.Generator, dims: int = 3,
         matrix = tuple(tuple(float(v) for v in row) for row in m)
     intensity = u[2] < spec.probability
     block = None
+    extra_u, extra_seed = (rng.random(), int(rng.integers(2**31))) if spec.prior_extra > 0 else (1.0, 0)
     if prior_u < spec.prior_degrade:
         block = tuple(max(1, int(round(spec.prior_coarse_mm / float(s)))) for s in spacing)
     return AugParams(
@@ -112,6 +118,8 @@ def sample_params(spec: AugmentSpec, rng: np.random.Generator, dims: int = 3,
         prior_block=block,  # type: ignore[arg-type]
         prior_phase=tuple(int(p * b) for p, b in zip(phase_u, block)) if block else (0, 0, 0),  # type: ignore
         prior_radius_mm=float(morph_u * spec.prior_morph_mm) if block else 0.0,
+        prior_extra_seed=extra_seed if block and extra_u < spec.prior_extra else None,
+        prior_extra_mm=spec.prior_extra_mm,
     )
 
 
@@ -185,6 +193,8 @@ def degrade_prior(prior: np.ndarray, params: AugParams, spacing: Sequence[float]
     if params.prior_block is None:
         return prior
     mask = np.asarray(prior) > 0.5
+    if params.prior_extra_seed is not None and mask.any():
+        mask = add_leaks(mask, np.random.default_rng(params.prior_extra_seed), spacing, params.prior_extra_mm)
     block, phase = params.prior_block, params.prior_phase
     if any(b > 1 for b in block):
         pads = [(p, (-(n + p)) % b) for n, b, p in zip(mask.shape, block, phase)]
@@ -201,6 +211,25 @@ def degrade_prior(prior: np.ndarray, params: AugParams, spacing: Sequence[float]
         op = binary_dilation if params.prior_radius_mm > 0 else binary_erosion
         mask = op(mask, structure=ball)
     return mask.astype(np.float32)
+
+
+def add_leaks(mask: np.ndarray, rng: np.random.Generator, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
+    """``mask`` plus one or two ellipsoids (radii U(0.3, 1) x ``radius_mm`` per axis) centred one radius
+    outside a random surface voxel of the mask: a leak of the mask into what lies next to it."""
+    from scipy.ndimage import binary_erosion
+
+    sp = np.asarray(spacing, float)
+    surface = np.argwhere(mask & ~binary_erosion(mask))
+    out = mask.copy()
+    for _ in range(int(rng.integers(1, 3))):
+        radii = rng.uniform(0.3, 1.0, 3) * radius_mm
+        seed = surface[int(rng.integers(len(surface)))]
+        direction = rng.normal(size=3)
+        direction /= max(np.linalg.norm(direction), 1e-6)
+        centre = seed + direction * radii / sp * 0.8
+        grid = np.ogrid[tuple(slice(0, n) for n in mask.shape)]
+        out |= sum(((g - c) * s / r) ** 2 for g, c, s, r in zip(grid, centre, sp, radii)) <= 1.0
+    return out
 
 
 def equalize_histogram(ct: np.ndarray, bins: int = 256) -> np.ndarray:
