@@ -40,7 +40,10 @@ from _common import peak_rss_mb
 
 NAME = "throughput"
 TITLE = "Training throughput of every recipe's paper-size networks"
-MODES = {"fp32": "fp32", "amp": "AMP", "amp_cl": "AMP + channels_last"}
+# precision (kitseg.precision: autocast of the forward pass), optionally with channels_last(_3d) memory
+MODES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16 + GradScaler",
+         "fp32_cl": "fp32 + channels_last", "bf16_cl": "bf16 + channels_last", "fp16_cl": "fp16 + channels_last"}
+ALIASES = {"amp": "auto", "amp_cl": "auto_cl"}  # the old names: the precision auto picks on the device
 
 
 def stage_input(stage, net) -> tuple[int, tuple[int, ...]]:
@@ -66,26 +69,26 @@ def time_train_steps(stage, batch: int, warmup: int, steps: int, device: str = "
     import torch
 
     from kitseg.losses import build_loss
+    from kitseg.precision import as_float
     from kitseg.nets import build_network
     from kitseg.training.optim import build_optimizer
     from kitseg.training.sampling import collate
     from kitseg.training.targets import make_target
 
+    from kitseg.precision import resolve_precision
+
     dev = torch.device(device)
+    channels_last = mode.endswith("_cl")
+    prec = resolve_precision(mode.removesuffix("_cl"), dev)
+    mode = prec.name + ("_cl" if channels_last else "")
     torch.manual_seed(seed)
     net = build_network(stage.network.name, stage.in_channels, stage.target.out_channels, **stage.network.params)
     channels, shape = stage_input(stage, net)
     fmt = torch.channels_last_3d if net.dims == 3 else torch.channels_last
     net = net.to(dev).train()
-    if mode == "amp_cl":
+    if channels_last:
         net = net.to(memory_format=fmt)
-    amp_dtype = None
-    if mode != "fp32":
-        if dev.type != "cuda":
-            raise SystemExit("AMP and channels_last are measured on CUDA only (the training loop uses neither on "
-                             "the CPU)")
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=prec.uses_scaler)
     opt = build_optimizer(stage.optimizer, net.parameters())
     loss_fn = build_loss(stage.loss, stage.target)
     rng = np.random.default_rng(seed)
@@ -94,7 +97,7 @@ def time_train_steps(stage, batch: int, warmup: int, steps: int, device: str = "
     x, y = collate(samples, stage.target.kind == "softmax")
     del samples
     x, y = x.to(dev), y.to(dev)
-    if mode == "amp_cl":
+    if channels_last:
         x = x.contiguous(memory_format=fmt)
     rss_before = peak_rss_mb()
     if dev.type == "cuda":
@@ -104,9 +107,9 @@ def time_train_steps(stage, batch: int, warmup: int, steps: int, device: str = "
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with prec.autocast():
             out = net(x)
-        loss = loss_fn(out, y, 0)
+        loss = loss_fn(as_float(out), y, 0)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -118,7 +121,7 @@ def time_train_steps(stage, batch: int, warmup: int, steps: int, device: str = "
     step = statistics.median(times[warmup:]) if steps else float("nan")
     return {"network": stage.network.name, "params": sum(p.numel() for p in net.parameters()),
             "input": [channels, *shape], "batch": batch, "mode": mode, "device": dev.type,
-            "amp_dtype": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+            "precision": prec.name, "channels_last": channels_last,
             "warmup_s": times[:warmup], "step_s": times[warmup:], "median_step_s": step,
             "patches_per_s": batch / step if steps else float("nan"),
             "rss_before_mb": round(rss_before), "peak_rss_mb": round(peak_rss_mb()),
@@ -126,41 +129,41 @@ def time_train_steps(stage, batch: int, warmup: int, steps: int, device: str = "
             "threads": torch.get_num_threads()}
 
 
-def load_stage(recipe: str, stage: str, tiny: bool):
+def load_stage(recipe: str, stage: str, profile: str = "paper"):
     from kitseg.recipes import load_recipe
-    from kitseg.training.run import generic_tiny
 
-    rec = load_recipe(recipe, tiny=tiny)
-    if tiny and not rec.tiny:
-        rec = load_recipe(recipe, generic_tiny(load_recipe(recipe)))
-    return rec.stage(stage)
+    return load_recipe(recipe, profile=profile).stage(stage)
 
 
 def worker(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    stage = load_stage(args.worker_recipe, args.worker_stage, args.tiny)
+    stage = load_stage(args.worker_recipe, args.worker_stage, args.profile)
     batch = args.batch or stage.batch_size
     res = time_train_steps(stage, batch, args.warmup, args.steps, args.device, args.worker_mode)
-    res.update(recipe=args.worker_recipe, stage=args.worker_stage, recipe_batch=stage.batch_size,
+    res.update(recipe=args.worker_recipe, stage=args.worker_stage, recipe_batch=stage.batch_size, profile=args.profile,
                patch=list(stage.patch_size) if stage.patch_size else None)
     return res
 
 
 def table(rows: list[dict], cuda: bool) -> str:
-    head = ["recipe", "stage", "network (parameters)", "input C x patch", "batch (recipe's)", "mode",
-            "warm-up s", "s / step", "patches / s", "peak RSS MB (before the step)"]
+    head = ["recipe", "profile", "stage", "network (parameters)", "input C x patch", "batch (recipe's)", "mode",
+            "warm-up s", "s / step", "patches / s", "x fp32", "peak RSS MB (before the step)"]
+    base = {(r["recipe"], r.get("profile", "paper"), r["stage"], r.get("channels_last", False)): r["median_step_s"]
+            for r in rows if r.get("precision", "fp32") == "fp32"}
     if cuda:
         head.append("peak CUDA MB")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["recipe"], r["stage"], f"{r['network']} ({r['params'] / 1e6:.1f} M)",
+        ref = base.get((r["recipe"], r.get("profile", "paper"), r["stage"], r.get("channels_last", False)))
+        cells = [r["recipe"], r.get("profile", "paper"), r["stage"], f"{r['network']} ({r['params'] / 1e6:.1f} M)",
                  f"{r['input'][0]} x {'x'.join(map(str, r['input'][1:]))}", f"{r['batch']} ({r['recipe_batch']})",
-                 MODES[r["mode"]] + (f" ({r['amp_dtype']})" if r.get("amp_dtype") else ""),
+                 MODES.get(r["mode"], r["mode"]),
                  " / ".join(f"{t:.2f}" for t in r["warmup_s"]) or "-",
                  f"{r['median_step_s']:.3f}" if r["median_step_s"] < 10 else f"{r['median_step_s']:.1f}",
                  f"{r['patches_per_s']:.3f}" if r["patches_per_s"] < 10 else f"{r['patches_per_s']:.1f}",
+                 f"{ref / r['median_step_s']:.2f}" if ref else "-",
                  f"{r['peak_rss_mb']} ({r['rss_before_mb']})"]
         if cuda:
             cells.append(str(r["peak_cuda_mb"]))
@@ -239,9 +242,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="batch size (default: 1 on the CPU, the recipe's on CUDA)")
     ap.add_argument("--warmup", type=int, help="untimed warm-up steps (default: 1 on the CPU, 3 on CUDA)")
     ap.add_argument("--steps", type=int, help="timed steps (default: 1 on the CPU, 10 on CUDA)")
-    ap.add_argument("--modes", nargs="+", choices=tuple(MODES), help="CUDA modes (default: all three; CPU: fp32)")
+    ap.add_argument("--modes", nargs="+", choices=(*MODES, *ALIASES),
+                    help="precision (+ _cl: channels_last) modes; default on CUDA all six, on the CPU fp32 and bf16")
+    ap.add_argument("--profiles", nargs="+", choices=("paper", "cpu", "tiny"), default=None,
+                    help="recipe profiles to measure (default: paper and cpu; a recipe without a cpu section is "
+                    "measured at paper size only)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--tiny", action="store_true", help="the recipes' --tiny networks instead of paper size")
+    ap.add_argument("--tiny", action="store_true", help="the recipes' tiny profile only (same as --profiles tiny)")
     ap.add_argument("--no-update", action="store_true", help="do not rewrite the section of BENCHMARKS.md")
     ap.add_argument("--quick", action="store_true", help="--tiny, batch 1, 1 + 1 steps; implies --no-update")
     ap.add_argument("--report", action="store_true", help="only rewrite the section from the last results of "
@@ -250,6 +257,7 @@ def main() -> None:
     ap.add_argument("--worker-recipe", help=argparse.SUPPRESS)
     ap.add_argument("--worker-stage", help=argparse.SUPPRESS)
     ap.add_argument("--worker-mode", default="fp32", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", default="paper", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         _common.worker_exit(worker(args))
@@ -269,9 +277,12 @@ def main() -> None:
     args.warmup = (3 if cuda else 1) if args.warmup is None else args.warmup
     args.steps = (10 if cuda else 1) if args.steps is None else args.steps
     args.batch = args.batch or (None if cuda else 1)
-    modes = args.modes or (list(MODES) if cuda else ["fp32"])
-    if not cuda and modes != ["fp32"]:
-        raise SystemExit("--modes amp / amp_cl need --device cuda (the training loop uses neither on the CPU)")
+    modes = [{"amp": "auto", "amp_cl": "auto_cl"}.get(m, m) for m in (args.modes or
+                                                                     (list(MODES) if cuda else ["fp32", "bf16"]))]
+    if not cuda and any(m.startswith("fp16") for m in modes):
+        raise SystemExit("fp16 autocast is measured on CUDA only (on the CPU: fp32 and bf16)")
+    profiles = ["tiny"] if args.tiny else (args.profiles or ["paper", "cpu"])
+    args.tiny = profiles == ["tiny"]
 
     from kitseg.recipes import list_recipes, load_recipe
 
@@ -279,20 +290,24 @@ def main() -> None:
     info = _common.machine(gpu=cuda)
     rows = []
     for name in recipes:
-        for stage in load_recipe(name).stages:
-            if args.stages and stage.name not in args.stages:
+        for profile in profiles:
+            if profile == "cpu" and not load_recipe(name).cpu:
                 continue
-            for mode in modes:
-                extra = ["--tiny"] if args.tiny else []
-                extra += ["--batch", str(args.batch)] if args.batch else []
-                r = _common.spawn(__file__, ["--worker", "--worker-recipe", name, "--worker-stage", stage.name,
-                                             "--worker-mode", mode, "--device", args.device, "--warmup",
-                                             str(args.warmup), "--steps", str(args.steps), *extra], args.threads,
-                                  f"{name}/{stage.name}/{mode}")
-                rows.append(r)
-                print(f"{name} {stage.name} {mode}: {r['median_step_s']:.3f} s/step (batch {r['batch']}), "
-                      f"{r['patches_per_s']:.3f} patches/s, peak RSS {r['peak_rss_mb']} MB"
-                      + (f", peak CUDA {r['peak_cuda_mb']} MB" if cuda else ""), flush=True)
+            for stage in load_recipe(name, profile=profile).stages:
+                if args.stages and stage.name not in args.stages:
+                    continue
+                for mode in modes:  # interleaved: the modes of one stage run back to back
+                    extra = ["--batch", str(args.batch)] if args.batch else []
+                    r = _common.spawn(__file__, ["--worker", "--worker-recipe", name, "--worker-stage", stage.name,
+                                                 "--worker-mode", mode, "--profile", profile, "--device",
+                                                 args.device, "--warmup", str(args.warmup), "--steps",
+                                                 str(args.steps), *extra], args.threads,
+                                      f"{name}/{profile}/{stage.name}/{mode}")
+                    r["profile"] = profile
+                    rows.append(r)
+                    print(f"{name} ({profile}) {stage.name} {r['mode']}: {r['median_step_s']:.3f} s/step (batch "
+                          f"{r['batch']}), {r['patches_per_s']:.3f} patches/s, peak RSS {r['peak_rss_mb']} MB"
+                          + (f", peak CUDA {r['peak_cuda_mb']} MB" if cuda else ""), flush=True)
     part = {"date": _common.now(), "machine": info, "threads": args.threads, "warmup": args.warmup,
             "steps": args.steps, "tiny": args.tiny, "rows": rows,
             "batch_note": f"{args.batch} (the recipe's in brackets)" if args.batch else "the recipe's",
