@@ -1,0 +1,216 @@
+"""The leaderboard's report: tables, paired tests, box plot and BENCHMARKS.md section, built from the
+per-entry JSON files in bench/results/leaderboard/ (bench_accuracy.py writes them, one per entry)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+import _common
+
+TITLE = "Accuracy on rendered phantoms: the leaderboard"
+DEFAULT, BASELINE = "kitseg_cascade", "nnunet_3d_fullres"
+SCORES = {"kits19_kidney_dice": "kidney Dice", "kits19_tumor_dice": "tumor Dice", "kits19_composite": "composite",
+          "kidney_surface_dice": "kidney SD", "tumor_surface_dice": "tumor SD", "kidney_hd95_mm": "kidney HD95 mm",
+          "tumor_hd95_mm": "tumor HD95 mm", "tumor_detection_false_positive_tumors": "FP tumors / case"}
+ABLATION_NOTE = {"zhang2019_cascade:ds_res": "Zhang et al. without the spatial prior",
+                 "tunet:baseline": "TuNet without SE blocks"}
+
+
+def fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def load(folder: Path) -> dict[str, dict]:
+    """entry -> result, from every ``<entry>.json`` (trial files ``<entry>@<tag>.json`` are left out)."""
+    out = {}
+    for p in sorted(Path(folder).glob("*.json")):
+        if "@" in p.stem:
+            continue
+        r = json.loads(p.read_text(encoding="utf-8"))
+        out[r["entry"]] = r
+    order = {e: i for i, e in enumerate([DEFAULT])}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 1), -(kv[1]["test"]["mean"]
+                                                                          ["kits19_composite"] or 0))))
+
+
+def _by_case(r: dict, key: str, part: str = "test") -> dict:
+    return {row["case_id"]: row.get(key) for row in r[part]["rows"]}
+
+
+def paired(a: dict, b: dict, key: str) -> dict:
+    """a minus b per test case: mean difference, cases better / worse, Wilcoxon signed-rank p (two-sided)."""
+    from scipy.stats import wilcoxon
+
+    x, y = _by_case(a, key), _by_case(b, key)
+    d = [x[k] - y[k] for k in x if k in y and x[k] is not None and y[k] is not None]
+    p = float(wilcoxon(d).pvalue) if len(d) > 5 and any(d) else float("nan")
+    return {"mean": statistics.fmean(d) if d else float("nan"), "better": sum(v > 0 for v in d),
+            "worse": sum(v < 0 for v in d), "n": len(d), "p": p}
+
+
+def failures(r: dict, part: str = "test") -> int:
+    return sum(v is not None and v < 0.6 for v in _by_case(r, "kits19_kidney_dice", part).values())
+
+
+def fp_median(r: dict, part: str = "test") -> float:
+    vals = [v for v in _by_case(r, "tumor_detection_false_positive_tumors", part).values() if v is not None]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def label(entry: str) -> str:
+    return f"{entry} ({ABLATION_NOTE[entry]})" if entry in ABLATION_NOTE else entry
+
+
+def table_scores(results: dict, part: str = "test") -> str:
+    head = ["entry", *SCORES.values(), "kidney < 0.6", f"vs {DEFAULT}: composite (p)", "tumor (p)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ref = results.get(DEFAULT)
+    for e, r in results.items():
+        cells = [f"{fmt(r[part]['mean'][k])} ({fmt(r[part]['median'][k])})" for k in SCORES]
+        cells.append(f"{failures(r, part)} / {len(r[part]['rows'])}")
+        if ref is not None and e != DEFAULT and part == "test":
+            for k in ("kits19_composite", "kits19_tumor_dice"):
+                d = paired(ref, r, k)
+                cells.append(f"{d['mean']:+.3f} ({d['better']}/{d['worse']}, p = {d['p']:.2g})")
+        else:
+            cells += ["-", "-"]
+        lines.append(f"| {label(e)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_time(results: dict) -> str:
+    lines = ["| entry | precision | stage | spacing mm | epochs done / planned | patches seen | training s (stop) | "
+             "model / data / validation s | best epoch (smoothed val Dice) |", "|---|---|---|---|---|---|---|---|---|"]
+    for e, r in results.items():
+        for s in r["stages"]:
+            stop = "time limit" if s["time_limited"] else ("finished" if s["finished"] else "stopped")
+            lines.append(f"| {label(e)} | {r['precision']} | {s['stage']} | {_spacing(r['spacing'].get(s['stage']))} | "
+                         f"{s['epochs_done']} / {s['epochs_planned']} | {s['patches']} | {s['seconds']:.0f} ({stop}) | "
+                         f"{s['model_s']:.0f} / {s['data_s']:.0f} / {s['val_s']:.0f} | "
+                         f"{s['best_epoch']} ({s['best_ema_dice']:.3f}) |")
+    lines += ["", "| entry | measured | preprocessing s | training s (CPU s) | prediction s per case (median) | "
+              "peak RSS MB |", "|---|---|---|---|---|---|"]
+    for e, r in results.items():
+        m = r["machine"]
+        lines.append(f"| {label(e)} | {r['date']}, {m['cpu']} ({' '.join(m.get('cpu_flags', [])) or 'no bf16'}), "
+                     f"load {r.get('start_load', '?')} -> {r.get('load_end', '?')} | {r['preprocess_s']:.0f} | "
+                     f"{r['train_s']:.0f} ({r['train_cpu_s']:.0f}) | "
+                     f"{statistics.median(r['test']['predict_case_s']):.1f} | {r['peak_rss_mb']} |")
+    return "\n".join(lines)
+
+
+def _spacing(sp) -> str:
+    if isinstance(sp, str) or not sp:
+        return str(sp or "the data's")
+    return " x ".join(f"{round(s, 2):g}" for s in sp)
+
+
+def _ids(ids: list[str]) -> str:
+    return f"{int(ids[0][5:])}-{int(ids[-1][5:])}"
+
+
+def plot(results: dict, path: Path) -> Path:
+    """One box per entry for kidney, tumor and composite Dice on the test cases, with the cases as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [("kits19_kidney_dice", "kidney Dice"), ("kits19_tumor_dice", "tumor Dice"),
+            ("kits19_composite", "composite Dice")]
+    entries = list(results)
+    fig, axes = plt.subplots(1, 3, figsize=(4 + 1.1 * len(entries) * 3 / 2, 4.6), sharey=True)
+    rng = np.random.default_rng(0)
+    cmap = plt.get_cmap("tab10")
+    for ax, (key, title) in zip(axes, keys):
+        for i, e in enumerate(entries):
+            vals = [v for v in _by_case(results[e], key).values() if v is not None]
+            ax.boxplot([vals], positions=[i], widths=0.65, patch_artist=True, showfliers=False,
+                       boxprops={"facecolor": cmap(i % 10), "alpha": 0.35}, medianprops={"color": "black"})
+            ax.scatter(i + rng.uniform(-0.18, 0.18, len(vals)), vals, s=7, color=cmap(i % 10), zorder=3)
+        ax.set_xticks(range(len(entries)))
+        ax.set_xticklabels([e.replace(":", ":\n") for e in entries], rotation=60, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(axis="y", alpha=0.3)
+    r0 = next(iter(results.values()))
+    fig.suptitle(f"{len(r0['test']['rows'])} held-out rendered KiTS19 phantoms, {r0['budget_min']:g} min of CPU "
+                 "training per entry (cpu profiles)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def markdown(results: dict, figure: Path | None) -> str:
+    r0 = results.get(DEFAULT) or next(iter(results.values()))
+    budgets = sorted({r["budget_min"] for r in results.values()})
+    lines = [f"## {TITLE}", "",
+             "Command: `python bench/bench_accuracy.py` (each entry in its own process; `--entries` runs some, "
+             "`--report` rebuilds this section from the committed per-entry results in bench/results/leaderboard/, "
+             "which give each entry's date, machine, CPU flags and load; the table below repeats them).", "",
+             f"Data: synthetic CTs rendered by `kitseg synth --from-masks ../shared/data/kits19 --downsample "
+             f"{r0['downsample']}` for the real KiTS19 label maps (in-plane 512 / {r0['downsample']} voxels, slices "
+             f"kept). Training: cases {_ids(r0['train_ids'])} ({r0['n_splits']} splits, fold 0; the "
+             f"{len(r0['val_ids'])} validation cases are also predicted and scored below: settings were chosen on "
+             f"them); test: cases {_ids(r0['test_ids'])} ({len(r0['test']['rows'])}).",
+             f"Budget: **{' / '.join(f'{b:g}' for b in budgets)} min of training wall time per entry** on "
+             f"{r0['threads']} threads, every recipe at its `cpu` profile (docs/METHODS.md) and `--precision auto`; "
+             "the budget is shared equally by a recipe's stages, each stopping after the epoch in which its share "
+             "ran out; epochs are planned from a measured step so that decaying schedules end with the budget. "
+             "Preprocessing, prediction and evaluation are outside the budget.", "",
+             "Test cases, mean (median); SD = Surface Dice at the KiTS23 tolerances; HD95 over the cases where both "
+             "masks are non-empty; FP tumors = predicted tumor components touching no true tumor; the last columns "
+             f"compare {DEFAULT} with each entry per case (mean difference, cases better / worse, paired Wilcoxon "
+             "p):", "", table_scores(results), ""]
+    if figure is not None:
+        lines += [f"![Dice per test case and entry]({figure.relative_to(_common.ROOT).as_posix()})", ""]
+    lines += ["Validation cases (what settings were chosen on), mean (median):", "",
+              table_scores(results, "val"), "", "Training and time:", "", table_time(results), ""]
+    lines.append(reading(results))
+    lines += ["", "What this does and does not show: the CTs are synthetic, rendered from real KiTS19 masks (real "
+              "kidney and tumor shapes and scan geometries, simplified textures and contrast), at reduced in-plane "
+              "resolution; the networks are CPU-sized and trained for minutes instead of days. It compares the "
+              "methods under equal conditions on this machine; the figures are not comparable with the papers' "
+              "GPU results on real CT (REFERENCE.md), nor do they predict any method's accuracy there."]
+    return "\n".join(lines)
+
+
+def reading(results: dict) -> str:
+    d, b = results.get(DEFAULT), results.get(BASELINE)
+    if not (d and b):
+        return ""
+    comp, tum = paired(d, b, "kits19_composite"), paired(d, b, "kits19_tumor_dice")
+    m = d["test"]["mean"]
+    return (f"Reading: the default cascade ({DEFAULT}, cpu profile) reaches kidney Dice {m['kits19_kidney_dice']:.3f} "
+            f"and tumor Dice {m['kits19_tumor_dice']:.3f} on the test cases, with {failures(d)} of "
+            f"{len(d['test']['rows'])} cases below 0.6 kidney Dice and a median of {fp_median(d):g} false-positive "
+            f"tumor components per case. Against the single-stage baseline ({BASELINE}) with the same budget: "
+            f"composite {m['kits19_composite']:.3f} vs {b['test']['mean']['kits19_composite']:.3f} (better in "
+            f"{comp['better']}, worse in {comp['worse']}, p = {comp['p']:.2g}), tumor {m['kits19_tumor_dice']:.3f} vs "
+            f"{b['test']['mean']['kits19_tumor_dice']:.3f} (better in {tum['better']}, worse in {tum['worse']}, "
+            f"p = {tum['p']:.2g}).")
+
+
+def headlines(results: dict) -> list[tuple[str, str]]:
+    d, b = results.get(DEFAULT), results.get(BASELINE)
+    if not d:
+        return []
+    m = d["test"]["mean"]
+    fig = (f"{DEFAULT}: kidney {m['kits19_kidney_dice']:.3f}, tumor {m['kits19_tumor_dice']:.3f}, composite "
+           f"{m['kits19_composite']:.3f}")
+    if b:
+        fig += (f"; {BASELINE}: composite {b['test']['mean']['kits19_composite']:.3f} (paired Wilcoxon p = "
+                f"{paired(d, b, 'kits19_composite')['p']:.2g})")
+    return [(f"accuracy on {len(d['test']['rows'])} rendered KiTS19 phantoms, {d['budget_min']:g} min of CPU "
+             f"training per recipe (cpu profiles; {len(results)} entries; not comparable with the papers)", fig)]
