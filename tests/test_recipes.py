@@ -94,8 +94,9 @@ def test_zhang_deviations_state_the_parameter_counts_of_the_built_networks():
         return [int(n.replace(",", "")) for n in re.findall(r"\d{1,3}(?:,\d{3})+", r.deviations[key])]
 
     loc, seg = r.stage("localize"), r.stage("segment")
-    assert counts("stages.localize.network.params.max_features") == [_parameters(loc), _parameters(loc, max_features=None)]
-    assert counts("stages.segment.network.params.max_features") == [_parameters(seg), _parameters(seg, max_features=None)]
+    for stage in (loc, seg):
+        key = f"stages.{stage.name}.network.params.max_features"
+        assert counts(key) == [_parameters(stage), _parameters(stage, max_features=None)]
     assert counts("stages.segment.network.params.pool_order") == [_parameters(seg, pool_order="early")]
 
 

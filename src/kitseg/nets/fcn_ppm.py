@@ -75,7 +75,8 @@ class FCNPPM(nn.Module):
             mid = base_features * 2**j
             for b in range(n):
                 if block == "bottleneck":
-                    layers.append(Bottleneck(3, prev if b == 0 else mid * expansion, mid, mid * expansion, d, norm, act))
+                    width = prev if b == 0 else mid * expansion
+                    layers.append(Bottleneck(3, width, mid, mid * expansion, d, norm, act))
                 else:
                     layers.append(ResBlock(3, prev if b == 0 else mid, mid, 3, 1, norm, act, d))
             prev = mid * expansion if block == "bottleneck" else mid
@@ -108,6 +109,6 @@ def fcn_ppm(in_channels: int, out_channels: int, base_features: int = 32, blocks
             dilations: Sequence[int] = (1, 1, 2), pool_counts: int | Sequence[int] = 2,
             ppm_kernels: Sequence[int] = (2, 4, 8, 16), expansion: int = 4, norm: str = "batch",
             act: str = "relu", block: str = "basic", ppm_upsample: str = "grouped") -> FCNPPM:
-    """3D FCN with a pyramid pooling module: 13 residual blocks, 39 convolutions in all, 2 poolings, PPM (2, 4, 8, 16)."""
+    """3D FCN with a pyramid pooling module: 13 residual blocks, 39 convolutions in all, 2 poolings, PPM 2-16."""
     return FCNPPM(in_channels, out_channels, base_features, blocks, dilations, pool_counts, ppm_kernels, expansion,
                   norm, act, block, ppm_upsample)
