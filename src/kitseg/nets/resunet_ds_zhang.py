@@ -111,9 +111,9 @@ class ResUNetDS(nn.Module):
 
 
 def resunet_ds_zhang(in_channels: int, out_channels: int, base_features: int = 30,
-                     pool_counts: int | Sequence[int] = (3, 5, 5), pool_order: str = "late", max_features: int | None = 320,
-                     blocks_per_level: int = 1, deep_supervision: bool = True, residual: bool = True,
-                     ds_mode: str = "linear") -> ResUNetDS:
+                     pool_counts: int | Sequence[int] = (3, 5, 5), pool_order: str = "late",
+                     max_features: int | None = 320, blocks_per_level: int = 1, deep_supervision: bool = True,
+                     residual: bool = True, ds_mode: str = "linear") -> ResUNetDS:
     """Stage-2 kidney + tumor network of Zhang et al. section 2.2 (paper size: 2 inputs, 3 classes)."""
     return ResUNetDS(in_channels, out_channels, base_features, pool_counts, pool_order, max_features,
                      blocks_per_level, (1, 3, 3), deep_supervision, residual, ds_mode)
