@@ -121,7 +121,9 @@ def split_folder(src: Path, dst: Path, ids: list[str]) -> Path:
 # ---------------------------------------------------------------------------------------------
 def plan_epochs(recipe, budget_s: float, n_val: int, precision: str) -> dict:
     """Epochs per stage so that each stage's schedule ends about when its share of the budget does,
-    from a measured training step (2 warm-up + 3 timed) of the stage at its profile and precision."""
+    from a measured training step (2 warm-up + 3 timed) of the stage at its profile and precision.
+    A multistep schedule's milestones are epochs, so there the epochs stay and the iterations per
+    epoch are fitted instead."""
     from bench_throughput import time_train_steps
 
     out = {}
@@ -130,7 +132,13 @@ def plan_epochs(recipe, budget_s: float, n_val: int, precision: str) -> dict:
         step = time_train_steps(stage, stage.batch_size, 2, 3, mode=precision)["median_step_s"]
         # an epoch: the steps, data cutting and augmentation (about 10 % on top), validation (about
         # 2 patches per validation entry, a forward pass each: about a third of a step per patch)
-        epoch = stage.iterations_per_epoch * step * 1.1 + 2 * n_val * step / stage.batch_size / 3
+        val = 2 * n_val * step / stage.batch_size / 3
+        if stage.schedule.name == "multistep":
+            its = max(1, math.floor((1.05 * share / stage.epochs - val) / (step * 1.1)))
+            out[stage.name] = {"step_s": step, "epochs": stage.epochs, "iterations_per_epoch": its,
+                               "epoch_s_estimate": its * step * 1.1 + val}
+            continue
+        epoch = stage.iterations_per_epoch * step * 1.1 + val
         out[stage.name] = {"step_s": step, "epoch_s_estimate": epoch, "epochs": max(2, math.ceil(1.05 * share / epoch))}
     return out
 
@@ -176,7 +184,8 @@ def worker(args) -> dict:
     plan = plan_epochs(recipe, budget, n_val, precision)
     from kitseg.recipes import apply_overrides, validate_recipe
 
-    data = apply_overrides(recipe.model_dump(mode="json"), {f"stages.{s}.epochs": p["epochs"] for s, p in plan.items()})
+    planned = {f"stages.{s}.{k}": p[k] for s, p in plan.items() for k in ("epochs", "iterations_per_epoch") if k in p}
+    data = apply_overrides(recipe.model_dump(mode="json"), planned)
     recipe = validate_recipe(data)
     options = TrainOptions(seed=args.seed, device="cpu", progress=False, time_limit_s=budget, precision=precision)
     t0 = time.perf_counter()

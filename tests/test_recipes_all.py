@@ -153,3 +153,17 @@ def test_every_recipe_has_a_title_and_cites_its_paper():
     for name in list_recipes():
         r = plain(name)
         assert r.title and r.paper and r.citations, name
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_cpu_profile_validates_and_trains_one_epoch(name, data, held_out_ct, tmp_path):
+    """Every recipe has a `cpu` profile (`kitseg train --profile cpu`) that trains: one epoch of one
+    iteration per stage on tiny data (the profile's own networks, patches and batches), then predicts."""
+    recipe = load_recipe(name, profile="cpu")
+    assert plain(name).cpu and recipe.profile == "cpu"
+    changed = {k for k in plain(name).cpu if k.split(".")[-1] != "epochs"}
+    resolved = recipe.model_dump(mode="json")
+    for key in changed:  # the profile's values are what the resolved recipe trains
+        assert _contains(lookup(resolved, key), plain(name).cpu[key]), key
+    recipe = one_step(recipe)
+    check_labels(train_and_predict(recipe, data, tmp_path / "run", held_out_ct), held_out_ct)

@@ -11,12 +11,15 @@ from kitseg.recipes.tables import methods_markdown
 
 @click.command()
 @click.argument("name", required=False)
-@click.option("--tiny", is_flag=True, help="Show the recipe scaled down for a CPU (its `tiny` overrides).")
+@click.option("--profile", type=click.Choice(["paper", "cpu", "tiny"]), default="paper", show_default=True,
+              help="Show the recipe at a profile: its `cpu` (30 min on 2 CPU cores) or `tiny` overrides applied.")
+@click.option("--tiny", is_flag=True, help="Same as --profile tiny.")
 @click.option("--variant", help="Apply one of the recipe's ablation variants.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value (dotted key).")
 @click.option("--markdown", is_flag=True, help="Print the paper-vs-recipe tables of docs/METHODS.md.")
-def recipes(name: str | None, tiny: bool, variant: str | None, overrides: tuple[str, ...], markdown: bool) -> None:
-    """List the recipes, or print recipe NAME fully resolved (after --variant, --tiny and --set)."""
+def recipes(name: str | None, profile: str, tiny: bool, variant: str | None, overrides: tuple[str, ...],
+            markdown: bool) -> None:
+    """List the recipes, or print recipe NAME fully resolved (after --variant, --profile and --set)."""
     if markdown:
         click.echo(methods_markdown([load_recipe(n) for n in ([name] if name else list_recipes())]))
         return
@@ -25,7 +28,8 @@ def recipes(name: str | None, tiny: bool, variant: str | None, overrides: tuple[
             r = load_recipe(n)
             stages = " -> ".join(f"{s.name} ({s.network.name})" for s in r.stages)
             variants = f"  variants: {', '.join(r.variants)}" if r.variants else ""
+            variants += "  profiles: paper, " + ("cpu, " if r.cpu else "") + "tiny"
             click.echo(f"{n:<20} {r.title}\n{'':<20} {stages}{variants}")
         return
-    recipe = load_recipe(name, list(overrides), tiny=tiny, variant=variant)
+    recipe = load_recipe(name, list(overrides), variant=variant, profile="tiny" if tiny else profile)
     click.echo(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
