@@ -92,7 +92,8 @@ def machine(gpu: bool = False) -> dict:
     average now; ``gpu``: also the CUDA device's name (imports torch)."""
     import psutil
 
-    out = {"cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cores": cores(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    out = {"cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cores": cores(),
+           "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
            "python": platform.python_version(), "torch": _version("torch"), "load_avg_1min": load_1min()}
     if gpu:
         import torch

@@ -37,13 +37,17 @@ def table_cascade(rows) -> str:
 
 
 def table_cases(rows) -> str:
-    lines = ["| case | shape | networks | total s | read s | predict s (per stage) | write s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | shape | networks | precision | total s | read s | predict s (per stage) | write s | "
+             "peak RSS MB | predict x fp32 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    fp32 = {(r["which"], r["tiny"]): r["predict_s"] for r in rows if r.get("precision", "fp32") == "fp32"}
     for r in rows:
         st = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())
+        ref = fp32.get((r["which"], r["tiny"]))
+        ratio = f"{ref / r['predict_s']:.2f}" if ref else "-"
         lines.append(f"| {r['which']} {r['case']} | {'x'.join(map(str, r['shape']))} | "
-                     f"{'tiny' if r['tiny'] else 'paper-size'} | {r['total_s']:.1f} | {r['read_s']:.1f} | "
-                     f"{r['predict_s']:.1f} ({st}) | {r['write_s']:.1f} | {r['peak_rss_mb']} |")
+                     f"{'tiny' if r['tiny'] else 'paper-size'} | {r.get('precision', 'fp32')} | {r['total_s']:.1f} | "
+                     f"{r['read_s']:.1f} | {r['predict_s']:.1f} ({st}) | {r['write_s']:.1f} | {r['peak_rss_mb']} | "
+                     f"{ratio} |")
     return "\n".join(lines)
 
 
@@ -121,11 +125,12 @@ def inference_reading(res: dict) -> str:
 
 def headlines(res: dict) -> list[tuple[str, str]]:
     out = []
-    med = next((r for r in res.get("cases", []) if r["which"] == "median" and not r["tiny"]), None)
-    if med:
+    meds = {r.get("precision", "fp32"): r for r in res.get("cases", []) if r["which"] == "median" and not r["tiny"]}
+    if meds:
         out.append(("predict the median KiTS19 geometry (121x512x512), default recipe, paper-size networks, "
-                    f"{res['machine']['cores']} CPU cores", f"{med['total_s']:.0f} s (read + predict + write), "
-                    f"peak RSS {med['peak_rss_mb']} MB"))
+                    f"{res['machine']['cores']} CPU cores", ", ".join(
+                        f"{p} {m['total_s']:.1f} s (read + predict + write), peak RSS {m['peak_rss_mb']} MB"
+                        for p, m in sorted(meds.items()))))
     cas = next((r for r in res.get("cascade", []) if r["which"] == "median"), None)
     if cas:
         out.append(("cascade vs single-stage sliding window, same network, median geometry",

@@ -185,7 +185,8 @@ def _use_monai_sliding_window() -> None:
     cascade.sliding_window = monai_sw
 
 
-def worker_case(case: str, tiny: bool, single: bool, out_dir: Path, monai: bool = False) -> dict:
+def worker_case(case: str, tiny: bool, single: bool, out_dir: Path, monai: bool = False,
+                precision: str = "fp32") -> dict:
     import torch
 
     from kitseg.inference import CaseTimings, predict_case
@@ -203,13 +204,14 @@ def worker_case(case: str, tiny: bool, single: bool, out_dir: Path, monai: bool 
     ct = read_volume(fake_ct(case))
     t1 = time.perf_counter()
     timings = CaseTimings()
-    pred = predict_case(ct, run, timings=timings)
+    pred = predict_case(ct, run, timings=timings, precision=precision)
     t2 = time.perf_counter()
     kind = ("single_monai" if monai else "single") if single else "cascade"
-    write_volume(pred, out_dir / f"{case}_{'tiny' if tiny else 'paper'}_{kind}.nii.gz")
+    write_volume(pred, out_dir / f"{case}_{'tiny' if tiny else 'paper'}_{kind}_{precision}.nii.gz")
     t3 = time.perf_counter()
     return {"case": case, "shape": list(ct.shape), "spacing": [round(s, 3) for s in ct.spacing], "tiny": tiny,
-            "single": single, "monai": monai, "read_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2,
+            "single": single, "monai": monai, "precision": precision, "read_s": t1 - t0, "predict_s": t2 - t1,
+            "write_s": t3 - t2,
             "total_s": t3 - t0,
             "cpu_s": cpu_seconds() - c0, "stages_s": timings.stages, "windows": timings.windows,
             "peak_rss_mb": round(peak_rss_mb()),
@@ -268,15 +270,17 @@ def part_sw(args) -> list[dict]:
 
 
 def part_cases(args, kinds=("tiny", "paper"), cases=("smallest", "median", "largest")) -> list[dict]:
+    """Read + predict + write per case, for each precision interleaved (fp32, bf16, fp32, bf16 ...)."""
     rows = []
     for kind in kinds:
         for which in cases:
             fake_ct(CASES[which])
-            r = spawn(["--worker", "case", "--case", CASES[which], *(["--tiny"] if kind == "tiny" else [])],
-                      args.threads)
-            r["which"] = which
-            rows.append(r)
-            print(table_cases(rows[-1:]), flush=True)
+            for precision in args.precisions:
+                r = spawn(["--worker", "case", "--case", CASES[which], "--precision", precision,
+                           *(["--tiny"] if kind == "tiny" else [])], args.threads)
+                r["which"] = which
+                rows.append(r)
+                print(table_cases(rows[-1:]), flush=True)
     return rows
 
 
@@ -285,7 +289,8 @@ def part_cascade(args, case_rows: list[dict], cases=("smallest", "median", "larg
     rows = []
     for which in cases:
         case = CASES[which]
-        cascade = next((r for r in case_rows if r["case"] == case and not r["tiny"] and not r["single"]), None)
+        cascade = next((r for r in case_rows if r["case"] == case and not r["tiny"] and not r["single"]
+                        and r.get("precision", "fp32") == "fp32"), None)
         if cascade is None:
             fake_ct(case)
             cascade = spawn(["--worker", "case", "--case", case], args.threads)
@@ -345,6 +350,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--monai", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                    help="precisions of the per-case part (kitseg.precision; default both, interleaved)")
+    ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true",
                     help="a few minutes: tiny networks only (sliding window on a small input, the smallest case); "
                     "implies --no-update")
@@ -358,7 +366,7 @@ def main() -> None:
         elif args.worker == "case":
             out_dir = RESULTS / "inference_outputs"
             out_dir.mkdir(parents=True, exist_ok=True)
-            res = worker_case(args.case, args.tiny, args.single, out_dir, args.monai)
+            res = worker_case(args.case, args.tiny, args.single, out_dir, args.monai, args.precision)
         else:
             res = worker_window(args.tiny, args.reps)
         _common.worker_exit(res)
@@ -385,7 +393,8 @@ def main() -> None:
         res["sw"] = tag(part_sw(args))
     cases = tuple(c for c in CASES if c in args.cases)  # in the table's order
     if "cases" in args.part:
-        res["cases"] = merge_rows(res.get("cases", []), tag(part_cases(args, cases=cases)), ("which", "tiny"))
+        res["cases"] = merge_rows([r for r in res.get("cases", []) if "precision" in r],
+                                  tag(part_cases(args, cases=cases)), ("which", "tiny", "precision"))
     if "cascade" in args.part:
         new = part_cascade(args, res.get("cases", []) if "cases" in args.part else [], cases)
         res["cascade"] = merge_rows(res.get("cascade", []), tag(new), ("which",))

@@ -8,11 +8,11 @@ import csv
 import numpy as np
 import pytest
 import torch
-from synthetic_kits import make_kits_dataset, write_tiny_recipe
 
 from kitseg import precision as P
 from kitseg.errors import KitsegError
 from kitseg.training.checkpoint import load_checkpoint
+from synthetic_kits import make_kits_dataset, write_tiny_recipe
 
 
 def test_auto_on_a_cpu_with_bf16_units_is_bf16(monkeypatch):

@@ -146,6 +146,10 @@ class Stage(_Strict):
     # The earlier stage whose foreground defines this stage's ROI (``preprocess.roi``: margin,
     # per-kidney boxes, ...) at inference; in training the ground truth defines it.
     roi_from: str | None = None
+    # Train this stage jointly with the earlier stage it names (kitseg.training.joint): that stage's
+    # network feeds its probability to this one (the ``prob:<stage>`` input) and this stage's loss
+    # over both stages' targets flows through both networks (TuNet eq. 1, trained end to end).
+    train_with: str | None = None
     patch_size: list[int] | None = Field(None, min_length=2, max_length=3)  # None: whole volume
     batch_size: int = Field(2, ge=1)
     epochs: int = Field(100, ge=1)
@@ -218,6 +222,11 @@ class Recipe(_Strict):
             refs = [inp.partition(":")[2] for inp in s.inputs if ":" in inp]
             if s.roi_from:
                 refs.append(s.roi_from)
+            if s.train_with:
+                refs.append(s.train_with)
+                if f"prob:{s.train_with}" not in s.inputs:
+                    raise ValueError(f"stage {s.name!r} trains with {s.train_with!r} and needs the input "
+                                     f"'prob:{s.train_with}'")
             for ref in refs:
                 if ref not in earlier:
                     raise ValueError(f"stage {s.name!r} refers to {ref!r}, which is not an earlier stage")
