@@ -94,7 +94,8 @@ class CaseTimings:
 
 def predict_case(image: VolumeLike, run: LoadedRun | Sequence[LoadedRun], device: str | torch.device | None = None,
                  tta: bool = False, return_probabilities: bool = False, timings: CaseTimings | None = None,
-                 case_id: str = "case", precision: str | Precision | None = None) -> Volume | tuple[Volume, Probabilities]:
+                 case_id: str = "case", precision: str | Precision | None = None
+                 ) -> Volume | tuple[Volume, Probabilities]:
     """Segment one CT with a trained run (or an ensemble of runs of one recipe).
 
     ``image``: a path, DICOM folder, Volume or SimpleITK image. Returns uint8 labels (KiTS19:

@@ -23,7 +23,8 @@ RECIPE_DIR = Path(__file__).parent
 DEFAULT_RECIPE = "kitseg_cascade"
 PROFILES = ("paper", "tiny", "cpu")  # paper: the recipe as written
 
-__all__ = ["DEFAULT_RECIPE", "PROFILES", "Recipe", "Stage", "apply_overrides", "list_recipes", "load_recipe", "recipe_path"]
+__all__ = ["DEFAULT_RECIPE", "PROFILES", "Recipe", "Stage", "apply_overrides", "list_recipes", "load_recipe",
+           "recipe_path"]
 
 
 def list_recipes() -> list[str]:
