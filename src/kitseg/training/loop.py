@@ -158,15 +158,20 @@ class Engine:
     """The trained things of one stage and their one-epoch step: network, optimizer, schedule,
     AMP scaler, early stopping and sampler, with the state a checkpoint needs to resume."""
 
-    def __init__(self, stage: Stage, sampler_cases: list[TrainCase], epochs: int, options: TrainOptions):
+    def __init__(self, stage: Stage, sampler_cases: list[TrainCase], epochs: int, options: TrainOptions,
+                 net_record: dict | None = None):
         from kitseg.nets import build_network
+        from kitseg.training.joint import JOINT, build_joint
 
         self.stage, self.options, self.dist = stage, options, options.dist
         self.device = device_for(options.device, self.dist)
         seed_everything(options.seed)
-        self.net = network_record(stage)
-        self.model = build_network(self.net["name"], self.net["in_channels"], self.net["out_channels"],
-                                   **self.net["params"]).to(self.device)
+        self.net = net_record or network_record(stage)
+        if self.net["name"] == JOINT:  # two cascaded stages trained as one (Stage.train_with)
+            self.model = build_joint(self.net).to(self.device)
+        else:
+            self.model = build_network(self.net["name"], self.net["in_channels"], self.net["out_channels"],
+                                       **self.net["params"]).to(self.device)
         self.memory_format = torch.channels_last_3d if self.model.dims == 3 else torch.channels_last
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=self.memory_format)
@@ -243,10 +248,11 @@ class Engine:
 
 
 def train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[TrainCase], out_dir: str | Path,
-                targets: dict[str, TargetSpec], *, fold: int = 0, options: TrainOptions = TrainOptions()
-                ) -> StageResult:
+                targets: dict[str, TargetSpec], *, fold: int = 0, options: TrainOptions = TrainOptions(),
+                net_record: dict | None = None) -> StageResult:
     """Train ``stage`` on ``train_cases``, validating on ``val_cases`` (the training cases when
-    empty); write checkpoints and logs into ``out_dir``.
+    empty); write checkpoints and logs into ``out_dir``. ``net_record``: the network to train
+    instead of the stage's own (a ``kitseg.training.joint`` pair).
 
     ``targets`` maps every stage name of the recipe to its TargetSpec (for ``mask:<stage>`` inputs).
     On the CPU, torch's deterministic algorithms are switched on for the call (and restored after).
@@ -255,13 +261,14 @@ def train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Trai
     try:
         if not options.device.startswith("cuda"):
             torch.use_deterministic_algorithms(True, warn_only=True)
-        return _train_stage(stage, train_cases, val_cases, Path(out_dir), targets, fold, options)
+        return _train_stage(stage, train_cases, val_cases, Path(out_dir), targets, fold, options, net_record)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[TrainCase], out_dir: Path,
-                 targets: dict[str, TargetSpec], fold: int, options: TrainOptions) -> StageResult:
+                 targets: dict[str, TargetSpec], fold: int, options: TrainOptions,
+                 net_record: dict | None = None) -> StageResult:
     started = time.perf_counter()
     dist = options.dist
     epochs = options.epochs or stage.epochs
@@ -270,7 +277,7 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
         stray.unlink(missing_ok=True)
     if last_path.exists() and not options.resume:
         raise KitsegError(f"{last_path} exists: pass --resume to continue that run, or choose a new output folder")
-    eng = Engine(stage, train_cases, epochs, options)
+    eng = Engine(stage, train_cases, epochs, options, net_record)
     val_sampler = Sampler(val_cases or train_cases, stage.sampler, eng.geometry, stage.augmentation,
                           seed=options.seed + 1)
     val_data = validation_batches(val_sampler, stage, targets, options.val_per_case, dist)

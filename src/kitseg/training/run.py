@@ -167,22 +167,38 @@ def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, f
     splits = prepare_run(recipe, dataset, run_dir, options, n_splits, preprocess_workers, stages)
     fold_list = parse_folds(folds, len(splits.folds))
     targets = {s.name: s.target for s in recipe.stages}
+    joint_firsts = {s.train_with: s.name for s in recipe.stages if s.train_with}
+    for name in stages or []:
+        if name in joint_firsts:
+            raise KitsegError(f"stage {name!r} is trained jointly with stage {joint_firsts[name]!r} (train_with); "
+                              f"train {joint_firsts[name]!r}")
     jobs = [(si, stage, fold) for si, stage in enumerate(recipe.stages) if not stages or stage.name in stages
-            for fold in fold_list]
+            if stage.name not in joint_firsts for fold in fold_list]
     deadline = None if options.time_limit_s is None else time.monotonic() + options.time_limit_s
     results = []
     for k, (si, stage, fold) in enumerate(jobs):
         cache_dir = run_dir / "cache" / stage.name
         split = splits.folds[fold]
         seed = stage_seed(options.seed, fold, si)
+        out_dir, net_record, pair = fold_dir(run_dir, stage.name, fold), None, None
+        if stage.train_with:  # two stages as one network (kitseg.training.joint: TuNet's end-to-end W-Net + T-Net)
+            from kitseg.training.joint import joint_pair, joint_record, joint_stage
+
+            pair = joint_pair(recipe, stage)
+            stage, net_record, out_dir = joint_stage(*pair), joint_record(*pair), out_dir / "joint"
         train = load_train_cases(cache_dir, split.train, stage, seed)
         val = load_train_cases(cache_dir, split.val, stage, seed + 10_000)
         share = None if deadline is None else time_share(deadline - time.monotonic(), len(jobs) - k)
         if options.resume and options.dist.is_main:  # where it continues, even without progress bars
-            _say(resume_note(fold_dir(run_dir, stage.name, fold), stage.name, fold, options.epochs or stage.epochs))
+            _say(resume_note(out_dir, stage.name, fold, options.epochs or stage.epochs))
         fold_options = dataclasses.replace(options, seed=seed, time_limit_s=share)
-        results.append(train_stage(stage, train, val, fold_dir(run_dir, stage.name, fold), targets, fold=fold,
-                                   options=fold_options))
+        joint = {"net_record": net_record} if net_record is not None else {}
+        results.append(train_stage(stage, train, val, out_dir, targets, fold=fold, options=fold_options, **joint))
+        if pair is not None and options.dist.is_main:
+            from kitseg.training.joint import export_split
+
+            export_split(out_dir, run_dir, *pair, fold)
+        barrier(options.dist)
     return results
 
 
