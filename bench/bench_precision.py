@@ -65,12 +65,13 @@ def markdown(res: dict) -> str:
     out += [f"Model: the default recipe's leaderboard run ({res['run']}: `kitseg_cascade`, cpu profile, trained in "
             "bf16 on rendered phantoms). Each of the test phantoms is predicted by the same checkpoints in fp32 and "
             "in bf16 (interleaved, read and write excluded). Agreement = Dice between the two label maps.", "",
-            "| cases | kidney agreement mean (min) | tumor agreement mean (min), cases with tumor | voxels that differ, "
-            "median per case | seconds per case fp32 / bf16 (median) |", "|---|---|---|---|---|",
+            "| cases | kidney agreement mean (min) | tumor agreement mean (min), cases with tumor | voxels that "
+            "differ, median per case | seconds per case fp32 / bf16 (median) |", "|---|---|---|---|---|",
             f"| {len(rows)} | {statistics.fmean(k):.4f} ({min(k):.4f}) | "
             + (f"{statistics.fmean(t):.4f} ({min(t):.4f}), {len(t)}" if t else "-") + f" | "
             f"{statistics.median(r['voxels_differ'] for r in rows):.0f} | "
-            f"{statistics.median(r['fp32_s'] for r in rows):.1f} / {statistics.median(r['bf16_s'] for r in rows):.1f} |",
+            f"{statistics.median(r['fp32_s'] for r in rows):.1f} / "
+            f"{statistics.median(r['bf16_s'] for r in rows):.1f} |",
             "", f"Reading: goals kidney >= 0.99 and tumor >= 0.97: "
             f"{'met' if min(k) >= 0.99 and (not t or min(t) >= 0.97) else 'not met in every case'} (the worst case "
             "decides). The same checks run on tiny data in tests/test_precision.py; a paper-size network has not "
