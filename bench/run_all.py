@@ -27,6 +27,7 @@ SCRIPTS = {
     "preprocessing": ("bench_preprocessing.py", "resampling and normalization: kitseg vs SimpleITK vs scipy"),
     "io": ("bench_io.py", "reading and writing .nii.gz: kitseg.io now vs an earlier revision"),
     "metrics": ("bench_metrics.py", "surface metrics per case: kitseg vs MONAI"),
+    "realism": ("bench_realism.py", "synthetic CT vs a real CT slab: HU per tissue (docs/SYNTH.md)"),
     "training": ("bench_training.py", "data loading vs the model in training"),
     "throughput": ("bench_throughput.py", "training throughput and peak memory of every recipe's networks"),
     "inference": ("bench_inference.py", "inference: sliding window vs MONAI, cascade vs single stage, s and RSS"),

@@ -17,7 +17,8 @@ from kitseg.datasets import KITS19, KITS23, open_dataset
 from kitseg.io import read_label, read_volume, write_volume
 from kitseg.synth import downsample_label, draw_case, make_case, make_dataset, render_from_label, synthesize
 from kitseg.synth.dataset import SynthRecord
-from kitseg.synth.tissues import HU_RANGE, TUMOR_LOOKS
+from kitseg.synth.render import render_with_tissues
+from kitseg.synth.tissues import HU_RANGE, N_TISSUES, RENDERER_VERSION, TUMOR_LOOKS
 from kitseg.synth.tissues import Tissue as T
 from kitseg.volume import Volume
 
@@ -209,6 +210,34 @@ def test_render_downsampled_mask(tmp_path):
     assert nib.load(tmp_path / "s.nii.gz").shape == (29, 128, 128)
 
 
+def _two_kidneys(shape=(40, 80, 96), spacing=(1.0, 3.5, 3.5)) -> Volume:
+    """A label map with two ellipsoid kidneys (1), a tumor (2) on the left one, on thin slices."""
+    z, y, x = (np.arange(n) * s for n, s in zip(shape, spacing))
+    Z, Y, X = np.meshgrid(z - z.mean(), y - y.mean() - 20, x - x.mean(), indexing="ij")
+    lab = np.zeros(shape, np.uint8)
+    for side in (-1, 1):
+        lab[((Z / 18) ** 2 + (Y / 25) ** 2 + ((X - side * 75) / 25) ** 2) < 1] = 1
+    lab[((Z / 10) ** 2 + (Y / 12) ** 2 + ((X - 95) / 12) ** 2) < 1] = 2
+    return Volume.from_geometry(lab, spacing=spacing)
+
+
+def test_render_with_tissues_gives_the_same_ct_and_the_painted_tissues():
+    label = _two_kidneys()
+    image, tissue = render_with_tissues(label, seed=5)
+    assert np.array_equal(image.array, render_from_label(label, seed=5).array)
+    assert tissue.same_geometry(label) and tissue.array.dtype == np.uint8
+    t, lab = tissue.array, label.array
+    assert t.max() < N_TISSUES  # every voxel painted, also on the interpolated thin slices
+    assert set(np.unique(t[lab == 1])) <= {T.CORTEX, T.MEDULLA} and (t[lab == 1] == T.MEDULLA).any()
+    assert set(np.unique(t[lab == 2])) <= {*TUMOR_LOOKS, T.NECROSIS}
+    assert not np.isin(t[lab == 0], [T.CORTEX, T.MEDULLA, *TUMOR_LOOKS]).any()
+    hu = image.array
+    for tis in (T.FAT, T.MUSCLE, T.CORTEX):  # the CT shows the tissues where the map says
+        inner = ndimage.binary_erosion(t == tis, iterations=2)
+        lo, hi = HU_RANGE[tis]
+        assert lo - 40 < np.median(hu[inner]) < hi + 40, tis
+
+
 def test_render_kits23_mask_with_cysts(tmp_path, capsys):
     src = shared_path("data", "kits23", "case_00427", "segmentation.nii.gz")  # has cysts (label 3)
     small = downsample_label(read_label(src, {0, 1, 2, 3}), 4)
@@ -252,6 +281,7 @@ def test_dataset_kits23_layout_is_readable(tmp_path):
         assert image.shape == label.shape == (32, 64, 64)
     rec = SynthRecord.model_validate_json((tmp_path / "d" / "synth.json").read_text(encoding="utf-8"))
     assert rec.layout == "kits23" and len(rec.cases) == 2 and rec.cases[0].noise_sd_hu is not None
+    assert rec.renderer_version == RENDERER_VERSION
     # Case i does not depend on how many cases are made.
     make_dataset(tmp_path / "e", cases=1, seed=3, size="tiny", layout="kits23", progress=False)
     a = read_volume(tmp_path / "d" / "case_00000" / "imaging.nii.gz").array

@@ -24,6 +24,7 @@ from kitseg.errors import KitsegError
 from kitseg.io import read_label, write_volume
 from kitseg.synth.procedural import SIZES, CaseSpec, Synthesis, draw_case, synthesize
 from kitseg.synth.render import downsample_label, render_from_label
+from kitseg.synth.tissues import RENDERER_VERSION
 from kitseg.volume import Source, Volume
 
 SCHEMA_VERSION = 1
@@ -52,6 +53,9 @@ class SynthRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: int = SCHEMA_VERSION
     kitseg_version: str = __version__
+    # kitseg.synth.tissues.RENDERER_VERSION of the renderer that made the images; None (absent): written
+    # before versions were recorded, i.e. by renderer version 1
+    renderer_version: int | None = None
     seed: int
     size: str | None
     layout: str
@@ -187,7 +191,8 @@ def make_dataset(out_dir: str | Path, cases: int | None = None, seed: int = 0, s
     records = _run(fn, jobs, workers, progress)
     spec = LAYOUTS[layout]
     write_text(out / "dataset.json", spec.model_dump_json(indent=2) + "\n")
-    rec = SynthRecord(seed=seed, size=None if from_masks else size, layout=layout, geometry=geometry,
+    rec = SynthRecord(renderer_version=RENDERER_VERSION, seed=seed, size=None if from_masks else size,
+                      layout=layout, geometry=geometry,
                       from_masks=None if from_masks is None else str(from_masks), downsample=downsample,
                       cases=[CaseRecord(**r) for r in records])
     write_text(out / "synth.json", rec.model_dump_json(indent=2) + "\n")

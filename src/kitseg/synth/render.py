@@ -43,14 +43,31 @@ def render_from_label(label, seed: int, *, noise_sd: float | None = None) -> Vol
     Volume has the label's geometry and source orientation, so writing it next to the label gives
     a matching image/segmentation pair. Deterministic for a given ``seed``.
     """
+    return _render_volumes(label, seed, noise_sd, with_tissues=False)[0]
+
+
+def render_with_tissues(label, seed: int, *, noise_sd: float | None = None) -> tuple[Volume, Volume]:
+    """``render_from_label`` and the tissue map it painted: (CT int16 HU, tissue classes uint8).
+
+    The CT is exactly ``render_from_label(label, seed)``'s. The tissue map holds the
+    ``kitseg.synth.tissues.Tissue`` value each voxel was painted with before the scanner model
+    (blur, noise); on slices between two painted body planes (thin slices) the surroundings
+    take the nearer plane's tissue. It is what ``bench/bench_realism.py`` compares with real CT
+    organ by organ.
+    """
+    return _render_volumes(label, seed, noise_sd, with_tissues=True)
+
+
+def _render_volumes(label, seed: int, noise_sd: float | None, with_tissues: bool):
     if not isinstance(label, Volume):
         label = read_label(label, {0, 1, 2, 3})
     lab = np.asarray(label.array)
     if lab.dtype != np.uint8:
         lab = lab.astype(np.uint8)
+    tissue = np.empty(lab.shape, np.uint8) if with_tissues else None
     with threadpool_limits(1, user_api="blas"):
-        hu = _render(lab, label.spacing, seed, noise_sd)
-    return label.with_array(hu)
+        hu = _render(lab, label.spacing, seed, noise_sd, tissue)
+    return label.with_array(hu), (None if tissue is None else label.with_array(tissue))
 
 
 def _kidney_anchor(lab: np.ndarray, spacing) -> tuple[float, float, float, float]:
@@ -105,7 +122,8 @@ def _distance_maps(lab: np.ndarray, spacing, rim: float):
     return origin, sp, depth, outside, tdepth, ids
 
 
-def _render(lab: np.ndarray, spacing, seed: int, noise_sd: float | None) -> np.ndarray:
+def _render(lab: np.ndarray, spacing, seed: int, noise_sd: float | None,
+            tissue_out: np.ndarray | None = None) -> np.ndarray:
     rng = np.random.default_rng([int(seed), 0])
     kz, ky, kx, half_sep = _kidney_anchor(lab, spacing)
     body = draw_body(rng, kidney_half_sep=half_sep)
@@ -140,9 +158,13 @@ def _render(lab: np.ndarray, spacing, seed: int, noise_sd: float | None) -> np.n
         tex += mean[tissue]
         tex += low_sd[tissue] * slab.sample(fields.low, (slice(None),) * 3)
         hu[ks] = tex
+        if tissue_out is not None:
+            tissue_out[ks] = tissue
     _interpolate_planes(hu, body_planes)
+    if tissue_out is not None:
+        _nearest_planes(tissue_out, body_planes)
     if maps is not None:
-        _paint_labels(lab, grid, maps, fields, hu_table, cortex_mm, hu)
+        _paint_labels(lab, grid, maps, fields, hu_table, cortex_mm, hu, tissue_out)
     blur_slices(hu, spacing[0], spacing[0])
     add_noise_and_blur(hu, noise, spacing[1:], np.random.default_rng([int(seed), 2]))
     np.clip(hu, -1024, 3071, out=hu)
@@ -156,6 +178,13 @@ def _interpolate_planes(hu: np.ndarray, planes: np.ndarray) -> None:
             t = (k - a) / (b - a)
             np.multiply(hu[a], 1 - t, out=hu[k])
             hu[k] += t * hu[b]
+
+
+def _nearest_planes(tissue: np.ndarray, planes: np.ndarray) -> None:
+    """Fill the planes between the painted ones with the nearer painted plane's tissue, in place."""
+    for a, b in zip(planes[:-1], planes[1:]):
+        for k in range(a + 1, b):
+            tissue[k] = tissue[a] if k - a <= b - k else tissue[b]
 
 
 def _map_window(grid: Grid, maps, zs, ys, xs):
@@ -183,8 +212,10 @@ def _fat_rim(slab: Slab, ks, grid: Grid, lab, maps, rim_mm: float, tissue) -> No
     sub[near & np.isin(sub, SOFT_ORGANS)] = T.FAT
 
 
-def _paint_labels(lab, grid: Grid, maps, fields, hu_table, cortex_mm: float, hu: np.ndarray) -> None:
-    """Overwrite labelled voxels with kidney, tumor and cyst values, slab by slab, on every slice."""
+def _paint_labels(lab, grid: Grid, maps, fields, hu_table, cortex_mm: float, hu: np.ndarray,
+                  tissue_out: np.ndarray | None = None) -> None:
+    """Overwrite labelled voxels with kidney, tumor and cyst values, slab by slab, on every slice
+    (and their tissues in ``tissue_out``, when given)."""
     origin, sp, depth, _, tdepth, ids = maps
     zs, ys, xs = grid.axes()
     wy, wx, zmm, ymm, xmm, inside_z = _map_window(grid, maps, zs, ys, xs)
@@ -230,6 +261,8 @@ def _paint_labels(lab, grid: Grid, maps, fields, hu_table, cortex_mm: float, hu:
         values = mean[tissue] + tex + low_sd[tissue] * slab.sample(fields.low, every)
         hu_sub = hu[kk[0]:kk[-1] + 1, wy, wx]
         hu_sub[labelled] = values[labelled]
+        if tissue_out is not None:
+            tissue_out[kk[0]:kk[-1] + 1, wy, wx][labelled] = tissue[labelled]
 
 
 def downsample_label(label: Volume, factor: int) -> Volume:

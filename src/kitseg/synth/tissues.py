@@ -48,6 +48,11 @@ class Tissue(IntEnum):
     VEIN = 29  # portal and hepatic veins
 
 
+# The renderer's version: bumped by every change that alters what is rendered for a given seed
+# (HU table, anatomy, scanner model), and written into each dataset's synth.json, so that results
+# can say which renderer made their data. 1: the first renderer (datasets without the field).
+RENDERER_VERSION = 1
+
 N_TISSUES = len(Tissue)
 TUMOR_LOOKS = (Tissue.TUMOR_A, Tissue.TUMOR_B, Tissue.TUMOR_C)
 
