@@ -28,39 +28,17 @@ from kitseg import __version__
 from kitseg._atomic import atomic_path
 from kitseg.errors import KitsegError
 from kitseg.inference.model_file import FORMAT, FORMAT_VERSION, MANIFEST, SUFFIX, load_model, read_model_card, sha256
+from kitseg.training_data import from_run
 
 load = load_model
 
 
 def _training_data(run_dir: Path, fingerprint: dict | None) -> dict:
-    """Dataset name and folder, synthetic or real, labelled cases and folds, from the run's own files."""
-    roots = set()
-    for info in sorted((run_dir / "cache").glob("*/cache.json")):
-        try:
-            roots.add(json.loads(info.read_text(encoding="utf-8"))["dataset_root"])
-        except (OSError, ValueError, KeyError):
-            continue
-    root = sorted(roots)[0] if roots else None
-    if root is None:
-        kind = "unknown (the run folder has no cache to say where its data came from)"
-    elif (Path(root) / "synth.json").is_file():
-        kind = "synthetic (kitseg synth)"
-    elif Path(root).is_dir():
-        kind = "real CT (the training folder has no synth.json from kitseg synth)"
-    else:
-        kind = "unknown (the training folder is not on this machine)"
-    out = {"dataset": fingerprint.get("dataset") if fingerprint else None, "folder": root, "kind": kind}
-    splits = run_dir / "splits.json"
-    if splits.is_file():
-        try:
-            folds = json.loads(splits.read_text(encoding="utf-8"))["folds"]
-            out["labelled_cases"] = len({c for f in folds for c in f["train"] + f["val"]})
-            out["folds"] = len(folds)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    if "labelled_cases" not in out and fingerprint:
-        out["labelled_cases"] = fingerprint.get("n_cases")
-    return out
+    """The run's training data (``kitseg.training_data``): folder, synthetic or real, cases and folds."""
+    data = from_run(run_dir, fingerprint.get("dataset") if fingerprint else None)
+    if data.labelled_cases is None and fingerprint:
+        data.labelled_cases = fingerprint.get("n_cases")
+    return data.model_dump(mode="json")
 
 
 def _member_card(ck: dict) -> dict:
@@ -138,7 +116,8 @@ def export(run_dir: str | Path, output: str | Path, *, folds: list[int] | None =
 
 
 def _training_line(data: dict) -> str:
-    parts = [f"{data.get('dataset') or 'a dataset'}: {data.get('kind')}"]
+    version = f", renderer version {data['renderer_version']}" if data.get("renderer_version") else ""
+    parts = [f"{data.get('dataset') or 'a dataset'}: {data.get('kind')}{version}"]
     if data.get("labelled_cases") is not None:
         parts.append(f"{data['labelled_cases']} labelled cases" + (f", {data['folds']} folds" if data.get("folds")
                                                                     else ""))

@@ -63,6 +63,9 @@ def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str,
         raise KitsegError(f"{len(cases)} inputs found; give a folder as -o (not a file name)", inputs)
     output_format = check_format(output if single else None, output_format, cases)
     run = [load_run(d, device) for d in run_dirs]
+    warning = synthetic_warning(run)
+    if warning:
+        click.echo(warning, err=True)
     note = ensemble_note(run)
     if note:
         click.echo(f"note: {note}", err=True)
@@ -78,6 +81,16 @@ def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str,
     click.echo(summary.describe())
     if summary.count("failed"):
         raise KitsegError(f"{summary.count('failed')} of {len(summary.cases)} cases failed (listed above)", inputs)
+
+
+def synthetic_warning(runs) -> str | None:
+    """One line when a model was trained only on synthetic CT (the first such one of ``runs`` speaks)."""
+    from kitseg.training_data import synthetic_warning as warning_of
+
+    lines = [w for w in (warning_of(r.training_data) for r in runs) if w]
+    if not lines:
+        return None
+    return lines[0] if len(runs) == 1 else f"{lines[0]} ({len(lines)} of the {len(runs)} models given)"
 
 
 def check_format(output: Path | None, output_format: str | None, cases: list[tuple[str, Path]]) -> str:

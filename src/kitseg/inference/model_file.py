@@ -27,6 +27,7 @@ import torch
 
 from kitseg.datasets import DatasetSpec
 from kitseg.errors import KitsegError
+from kitseg.training_data import TrainingData
 
 FORMAT = "kitseg-model"
 FORMAT_VERSION = 1
@@ -188,7 +189,13 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", fold
                     raise KitsegError(f"weights of stage {stage.name!r} do not fit network {net['name']!r}: "
                                       f"{str(exc).splitlines()[0]}", path) from None
                 models[stage.name].append(model.to(dev).eval())
-    return LoadedRun(recipe, dataset, fingerprint, models, dev, path)
+        card = _json(zf, manifest, "model_card.json", path) if "model_card.json" in manifest["checksums"] else {}
+    try:
+        training = TrainingData.model_validate(card["training_data"]) if isinstance(card, dict) and card.get(
+            "training_data") else None
+    except ValidationError:
+        training = None  # a card this version cannot read says nothing about the training data
+    return LoadedRun(recipe, dataset, fingerprint, models, dev, path, training)
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "SUFFIX", "is_model_file", "load_model", "open_model",

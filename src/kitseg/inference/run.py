@@ -22,6 +22,7 @@ from kitseg.errors import KitsegError
 from kitseg.preprocessing.fingerprint import read_fingerprint
 from kitseg.preprocessing.records import Fingerprint
 from kitseg.recipes.schema import Recipe
+from kitseg.training_data import TrainingData, from_run
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class LoadedRun:
     models: dict[str, list[nn.Module]]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     run_dir: Path | None = None
+    # what the models were trained on (``training_data.json``, a model file's card); None: not recorded
+    training_data: TrainingData | None = None
 
     def __post_init__(self):
         missing = [s.name for s in self.recipe.stages if not self.models.get(s.name)]
@@ -110,7 +113,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = "cpu", fol
                 use = "last"
                 log.warning("stage %s: no checkpoint_best.pt, using checkpoint_last.pt", stage.name)
         models[stage.name] = load_stage_models(run_dir, stage.name, folds, use, dev)
-    return LoadedRun(recipe, dataset, fingerprint, models, dev, run_dir)
+    training = from_run(run_dir, fingerprint.dataset if fingerprint is not None else None)
+    return LoadedRun(recipe, dataset, fingerprint, models, dev, run_dir, training)
 
 
 __all__ = ["LoadedRun", "load_run", "resolve_device"]

@@ -30,6 +30,8 @@ from kitseg.training.loop import StageResult, TrainOptions, train_stage
 from kitseg.training.sampling import TrainCase, make_train_case
 from kitseg.training.splits import Splits, ensure_splits, load_splits
 from kitseg.training.targets import foreground_labels
+from kitseg.training_data import describe_folder
+from kitseg.training_data import write as write_training_data
 
 
 def labelled_dataset(data_dir: str | Path) -> Dataset:
@@ -94,6 +96,8 @@ def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainO
                                                   roi_spec=roi_statistics_spec(recipe), seed=options.seed)
                 write_fingerprint(fingerprint, fp_path)
             ensure_splits(run_dir / "splits.json", [c.case_id for c in dataset.cases], n_splits, options.seed)
+            write_training_data(run_dir, describe_folder(dataset.root, dataset.spec.name, len(dataset.cases),
+                                                         len(load_splits(run_dir / "splits.json").folds)))
             for s in recipe.stages:
                 if stages and s.name not in stages:
                     continue
