@@ -90,6 +90,19 @@ def fat_voxels(hu: np.ndarray, unlabelled: np.ndarray) -> tuple[np.ndarray, floa
     return values[values < t], t
 
 
+def noise_sd(hu: np.ndarray, mask: np.ndarray) -> float | None:
+    """Voxel-to-voxel noise (HU SD) inside ``mask``: the robust SD of the differences of in-plane neighbours
+    (both in the mask less its border) over sqrt(2); slow texture and organ means cancel out."""
+    inner = ndimage.binary_erosion(mask, np.ones((1, 3, 3), bool))
+    both = inner[:, :, 1:] & inner[:, :, :-1]
+    if both.sum() < 100:
+        return None
+    d = (hu[:, :, 1:] - hu[:, :, :-1])[both].astype(np.float64)
+    q1, q3 = np.percentile(d, [25, 75])
+    keep = d[(d > q1 - 3 * (q3 - q1)) & (d < q3 + 3 * (q3 - q1))]  # drop edges the erosion missed
+    return round(float(keep.std() / np.sqrt(2)), 1)
+
+
 def real_sets() -> tuple[dict[str, np.ndarray], dict]:
     """HU of each tissue row in the real slab, and a description of what was used."""
     from kitseg.io import read_label, read_volume
@@ -107,7 +120,8 @@ def real_sets() -> tuple[dict[str, np.ndarray], dict]:
     out[FAT], t = fat_voxels(hu, unlabelled)
     used[FAT] = f"unlabelled body below its Otsu threshold {t:.0f} HU"
     info = {"ct": "example_ct_sm.nii.gz", "shape": list(hu.shape), "spacing_mm": [round(s, 3) for s in ct.spacing],
-            "labels": used, "fat_threshold_hu": round(t, 1)}
+            "labels": used, "fat_threshold_hu": round(t, 1),
+            "liver_noise_sd_hu": noise_sd(hu, np.isin(lab, [int(k) for k, v in names.items() if v == "liver"]))}
     return out, info
 
 
@@ -166,10 +180,13 @@ def pooled(cases, limit_per_case: int = 200_000, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     pool: dict[str, list[np.ndarray]] = {}
     medians: dict[str, list[float]] = {}
-    thresholds, ids = [], []
+    thresholds, ids, noise = [], [], []
+    from kitseg.synth.tissues import Tissue
+
     for case_id, hu, tissue in cases:
         sets, t = synthetic_sets(hu, tissue)
         thresholds.append(round(t, 1))
+        noise.append(noise_sd(hu, tissue == Tissue.LIVER))
         ids.append(case_id)
         for row, v in sets.items():
             if v.size == 0:
@@ -178,7 +195,7 @@ def pooled(cases, limit_per_case: int = 200_000, seed: int = 0) -> dict:
             pool.setdefault(row, []).append(v if v.size <= limit_per_case else rng.choice(v, limit_per_case, False))
         print(f"  {case_id}: {hu.shape}", flush=True)
     rows = {row: {"quartiles": quartiles(np.concatenate(pool[row])), "case_medians": medians[row]} for row in pool}
-    return {"cases": ids, "fat_thresholds_hu": thresholds, "rows": rows}
+    return {"cases": ids, "fat_thresholds_hu": thresholds, "liver_noise_sd_hu": noise, "rows": rows}
 
 
 def compare(real: dict[str, np.ndarray], synth: dict) -> dict:
@@ -223,6 +240,11 @@ def table(result: dict) -> list[str]:
     return lines
 
 
+def _span(values) -> str:
+    v = [x for x in values if x is not None]
+    return f"{min(v):.0f} to {max(v):.0f}" if v else "-"
+
+
 def section(result: dict, cmd: str) -> str:
     info = result["real_info"]
     r = result["rendered"]
@@ -240,7 +262,8 @@ def section(result: dict, cmd: str) -> str:
              "synthetic cases; *IQR overlap*: |IQR_real ∩ IQR_synth| / |IQR_real ∪ IQR_synth|.", "",
              *table(result), "",
              f"Real labels used: {labels}. Synthetic tissues: "
-             + "; ".join(f"{row}: {', '.join(t.lower() for t in ts)}" for row, (_, ts) in GROUPS.items()) + ".", "",
+             + "; ".join(f"{row}: {', '.join(t.lower() for t in ts)}" for row, (_, ts) in GROUPS.items())
+             + " (synthetic bone and marrow include the iliac wings, below the real slab).", "",
              "Fat has no label in either image, so it is defined the same way in both, from the body's "
              "outline and the labels, and one data-driven split: the body is the largest region above "
              f"{BODY_HU:.0f} HU with its holes filled, less its outer voxel; its *unlabelled* part above "
@@ -249,7 +272,11 @@ def section(result: dict, cmd: str) -> str:
              "no label covers (abdominal wall muscle, small vessels, partial volume at organ borders); Otsu's "
              "threshold on that part's histogram splits it and the lower class is fat (threshold: real "
              f"{info['fat_threshold_hu']:.0f} HU, synthetic {min(r['fat_thresholds_hu']):.0f} to "
-             f"{max(r['fat_thresholds_hu']):.0f} HU). The split cuts the fat's upper tail in both images alike."]
+             f"{max(r['fat_thresholds_hu']):.0f} HU). The split cuts the fat's upper tail in both images alike.",
+             "", f"Noise (voxel-to-voxel SD in the liver, from in-plane neighbour differences): real "
+             f"{info['liver_noise_sd_hu']} HU, rendered {_span(r['liver_noise_sd_hu'])} HU"
+             + (f", procedural {_span(result['procedural']['liver_noise_sd_hu'])} HU" if "procedural" in result
+                else "") + "."]
     return "\n".join(lines)
 
 

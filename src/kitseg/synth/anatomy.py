@@ -17,6 +17,11 @@ import numpy as np
 from kitseg.synth.fields import Lattice
 from kitseg.synth.tissues import Tissue as T
 
+# Cortical bone around the cancellous bone of the vertebrae (body and posterior elements) and the iliac
+# wings. Renderer version 1 had a 2.5 mm shell and all-cortical posterior elements and iliac wings;
+# the real CT slab's vertebrae (3 mm voxels) read 153 HU [IQR 109-239], the rendered ones 760 [167-824]
+# (bench/bench_realism.py, docs/SYNTH.md), most of their volume being painted cortical bone.
+CORTEX_MM = 1.5
 SOFT_ORGANS = np.array([T.LIVER, T.SPLEEN, T.GUT_WALL, T.GUT_FLUID, T.GAS, T.STOOL, T.ARTERY], np.uint8)
 
 
@@ -209,6 +214,12 @@ def _table(slab, b, tissue):
     tissue[m & (tissue == T.AIR)] = T.TABLE
 
 
+def _bone(tissue, outer, core) -> None:
+    """Paint a bone: cortical (``outer``) around cancellous (``outer & core``)."""
+    tissue[outer] = T.BONE
+    tissue[outer & core] = T.MARROW
+
+
 def _spine_and_muscles(slab, b, tissue, cavity):
     rx, ry = b.vert
     sy = b.spine_y
@@ -224,12 +235,17 @@ def _spine_and_muscles(slab, b, tissue, cavity):
     vb = body_r < 1
     tissue[vb & in_disc] = T.DISC
     tissue[vb & ~in_disc] = T.BONE
-    tissue[(body_r < (1 - 2.5 / ry) ** 2) & ~in_disc] = T.MARROW
+    tissue[(body_r < (1 - CORTEX_MM / ry) ** 2) & ~in_disc] = T.MARROW
     ring = np.hypot(X, Y - canal_y)
     mid = (phase > 0.3) & (phase < 0.8)
-    tissue[np.broadcast_to((ring < 15) & (ring > 9) & (Y > canal_y - 4), tissue.shape)] = T.BONE  # lamina
-    tissue[(np.abs(X) < 13) & (np.abs(X) > 7) & (Y > sy + ry - 2) & (Y < canal_y) & mid] = T.BONE  # pedicles
-    tissue[(np.abs(X) < 4) & (Y > canal_y + 12) & (Y < canal_y + 45) & mid] = T.BONE  # spinous process
+    c = CORTEX_MM
+    lamina = np.broadcast_to((ring < 15) & (ring > 9) & (Y > canal_y - 4), tissue.shape)
+    _bone(tissue, lamina, (ring < 15 - c) & (ring > 9 + c) & (Y > canal_y - 4 + c))
+    ax = np.abs(X)
+    pedicle = (ax < 13) & (ax > 7) & (Y > sy + ry - 2) & (Y < canal_y) & mid
+    _bone(tissue, pedicle, (ax < 13 - c) & (ax > 7 + c) & (Y > sy + ry - 2 + c) & (Y < canal_y - c))
+    spinous = (ax < 4) & (Y > canal_y + 12) & (Y < canal_y + 45) & mid
+    _bone(tissue, spinous, (ax < 4 - c) & (Y > canal_y + 12 + c) & (Y < canal_y + 45 - c))
     transverse = (np.abs(X) > 10) & (np.abs(X) < rx + 12) & (np.abs(Y - canal_y + 3) < 2.5)
     tissue[transverse & (phase > 0.47) & (phase < 0.6)] = T.RIB  # thin bone: rib-like HU
     tissue[np.broadcast_to(ring < 9, tissue.shape)] = T.CANAL
@@ -277,7 +293,7 @@ def _iliac_wings(slab, b, tissue, cavity):
         d = np.hypot(X - cx, Y - cy)
         ang = np.arctan2(-(Y - cy), side * (X - cx))  # 0 lateral, + anterior, - posterior
         arc = (ang > -1.4) & (ang < 0.9) & (Z < b.crest_z) & cavity
-        tissue[arc & (np.abs(d - radius) < 4)] = T.BONE
+        _bone(tissue, arc & (np.abs(d - radius) < 4), np.abs(d - radius) < 4 - CORTEX_MM)
         tissue[arc & (d < radius - 4) & (d > radius - 22) & (tissue == T.FAT)] = T.MUSCLE
 
 

@@ -50,18 +50,23 @@ class Tissue(IntEnum):
 
 # The renderer's version: bumped by every change that alters what is rendered for a given seed
 # (HU table, anatomy, scanner model), and written into each dataset's synth.json, so that results
-# can say which renderer made their data. 1: the first renderer (datasets without the field).
-RENDERER_VERSION = 1
+# can say which renderer made their data. 1: the first renderer (datasets without the field);
+# 2: calibrated against a real CT (muscle, cancellous bone, ribs; thinner cortical bone).
+RENDERER_VERSION = 2
 
 N_TISSUES = len(Tissue)
 TUMOR_LOOKS = (Tissue.TUMOR_A, Tissue.TUMOR_B, Tissue.TUMOR_C)
 
 # Range of the per-case mean HU of each tissue (late-arterial / corticomedullary phase). Sources
 # and reasoning: docs/SYNTH.md. Medulla, tumors and the renal vein are drawn relative to others.
+# Calibrated against a real CT slab in renderer version 2 (bench/bench_realism.py; docs/SYNTH.md,
+# "Measured against a real CT"): muscle was 42-58 (real back muscles 26 HU [15, 37], psoas 37:
+# older patients' muscle holds fat), cancellous bone 140-260 (real vertebrae 153 [109, 239]),
+# ribs 350-650 (real ribs 220 [154, 288] at 3 mm; rendered 496 [439, 586]).
 HU_RANGE: dict[Tissue, tuple[float, float]] = {
     Tissue.AIR: (-1000, -995), Tissue.LUNG: (-880, -820), Tissue.GAS: (-990, -900),
-    Tissue.FAT: (-115, -85), Tissue.SKIN: (20, 60), Tissue.MUSCLE: (42, 58),
-    Tissue.BONE: (700, 1200), Tissue.MARROW: (140, 260), Tissue.RIB: (350, 650), Tissue.DISC: (70, 110),
+    Tissue.FAT: (-115, -85), Tissue.SKIN: (20, 60), Tissue.MUSCLE: (30, 58),
+    Tissue.BONE: (700, 1200), Tissue.MARROW: (110, 250), Tissue.RIB: (180, 400), Tissue.DISC: (70, 110),
     Tissue.CANAL: (5, 35), Tissue.LIVER: (65, 95), Tissue.SPLEEN: (100, 150),
     Tissue.GUT_WALL: (70, 130), Tissue.GUT_FLUID: (0, 25), Tissue.STOOL: (-60, 20),
     Tissue.AORTA: (250, 400), Tissue.IVC: (70, 130), Tissue.RENAL_VEIN: (140, 220), Tissue.ARTERY: (150, 280),
