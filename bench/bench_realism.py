@@ -137,7 +137,7 @@ def synthetic_sets(hu: np.ndarray, tissue: np.ndarray) -> tuple[dict[str, np.nda
     return out, t
 
 
-def rendered_cases(n: int, seed: int, downsample: int):
+def rendered_cases(n: int, seed: int, downsample: int, phase: str = "arterial"):
     """(case id, HU, tissue map) of ``n`` KiTS19 label maps spread over the dataset, rendered as
     ``kitseg synth --from-masks --downsample`` renders case i with ``seed``."""
     from kitseg.datasets import open_dataset
@@ -149,15 +149,15 @@ def rendered_cases(n: int, seed: int, downsample: int):
     cases = [c for c in open_dataset(_common.SHARED_KITS19).cases if c.label is not None]
     for i in np.linspace(0, len(cases) - 1, n).round().astype(int):
         small = downsample_label(read_label(cases[i].label, {0, 1, 2}), downsample)
-        image, tissue = render_with_tissues(small, case_seed(seed, int(i)))
+        image, tissue = render_with_tissues(small, case_seed(seed, int(i)), phase=phase)
         yield cases[i].case_id, image.array.astype(np.float32), tissue.array
 
 
-def procedural_cases(n: int, seed: int):
+def procedural_cases(n: int, seed: int, phase: str = "arterial"):
     from kitseg.synth import case_seed, draw_case, synthesize
 
     for i in range(n):
-        syn = synthesize(draw_case(case_seed(seed, i), "small"))
+        syn = synthesize(draw_case(case_seed(seed, i), "small", phase=phase))
         yield f"small_{i}", syn.hu, syn.tissue
 
 
@@ -249,7 +249,8 @@ def section(result: dict, cmd: str) -> str:
     info = result["real_info"]
     r = result["rendered"]
     labels = "; ".join(f"{row}: {', '.join(v) if isinstance(v, list) else v}" for row, v in info["labels"].items())
-    lines = ["### Measured against a real CT", "",
+    phase = result.get("phase", "arterial")
+    lines = [f"### Measured against a real CT: {phase} phantoms", "",
              f"{result['date']}, renderer version {result['renderer_version']}; command: `{cmd}`", "",
              f"Real: `{info['ct']}` ({' x '.join(map(str, info['shape']))} voxels at "
              f"{' x '.join(f'{s:g}' for s in info['spacing_mm'])} mm) with its machine-made organ labels "
@@ -280,9 +281,9 @@ def section(result: dict, cmd: str) -> str:
     return "\n".join(lines)
 
 
-def update_doc(body: str) -> None:
+def update_doc(body: str, name: str = NAME) -> None:
     doc = DOC.read_text(encoding="utf-8")
-    start, end = _common.markers(NAME)
+    start, end = _common.markers(name)
     if start not in doc:
         raise SystemExit(f"{DOC} has no {start} ... {end} section to rewrite")
     text = doc[: doc.index(start)] + f"{start}\n{body.strip()}\n{end}" + doc[doc.index(end) + len(end):]
@@ -298,6 +299,9 @@ def main() -> None:
     ap.add_argument("--downsample", type=int, default=4, help="in-plane downsampling of the rendered CTs (4, as "
                     "bench_accuracy.py)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the rendering (0, as bench_accuracy.py)")
+    ap.add_argument("--phase", choices=("arterial", "unenhanced"), default="arterial", help="contrast phase of "
+                    "every synthetic case (arterial: the default of kitseg synth; unenhanced: as kitseg synth "
+                    "--unenhanced 1); the docs/SYNTH.md section is for arterial, unenhanced goes to its own")
     ap.add_argument("--no-update", action="store_true", help="do not rewrite docs/SYNTH.md")
     ap.add_argument("--tag", default="", help="results go to bench/results/realism[-TAG].json")
     ap.add_argument("--quick", action="store_true", help="--cases 2 --procedural 1; implies --no-update")
@@ -311,18 +315,20 @@ def main() -> None:
     result = {"date": when, "machine": _common.machine(), "renderer_version": RENDERER_VERSION,
               "downsample": args.downsample, "seed": args.seed, "real_info": real_info}
     print(f"rendering {args.cases} KiTS19 label maps at downsample {args.downsample}", flush=True)
-    result["rendered"] = pooled(rendered_cases(args.cases, args.seed, args.downsample))
+    result["phase"] = args.phase
+    result["rendered"] = pooled(rendered_cases(args.cases, args.seed, args.downsample, args.phase))
     result["rendered"]["compare"] = compare(real, result["rendered"])
     if args.procedural:
         print(f"synthesizing {args.procedural} small procedural cases", flush=True)
-        result["procedural"] = pooled(procedural_cases(args.procedural, args.seed))
+        result["procedural"] = pooled(procedural_cases(args.procedural, args.seed, args.phase))
         result["procedural"]["compare"] = compare(real, result["procedural"])
-    _common.write_json(NAME + (f"-{args.tag}" if args.tag else "") + ("-check" if args.no_update else ""), result)
+    name = NAME + ("" if args.phase == "arterial" else f"_{args.phase}")
+    _common.write_json(name + (f"-{args.tag}" if args.tag else "") + ("-check" if args.no_update else ""), result)
     cmd = _common.command("bench_realism.py")
     text = section(result, cmd)
     print(text)
     if not args.no_update:
-        update_doc(text)
+        update_doc(text, name)
 
 
 if __name__ == "__main__":

@@ -239,6 +239,29 @@ def test_render_with_tissues_gives_the_same_ct_and_the_painted_tissues():
         assert lo - 40 < np.median(hu[inner]) < hi + 40, tis
 
 
+def test_unenhanced_phase_darkens_what_enhances_and_nothing_else(tmp_path):
+    label = _two_kidneys()
+    art, t_art = render_with_tissues(label, seed=5)
+    une, t_une = render_with_tissues(label, seed=5, phase="unenhanced")
+    assert np.array_equal(t_art.array, t_une.array)  # the same anatomy
+    kid = label.array == 1
+    assert np.median(art.array[kid]) > 100 and 0 < np.median(une.array[kid]) < 60
+    for tis in (T.AORTA, T.LIVER):
+        inner = ndimage.binary_erosion(t_une.array == tis, iterations=2)
+        if inner.sum() > 50:
+            assert np.median(une.array[inner]) < 80 < np.median(art.array[inner]) + 30, tis
+    fat = ndimage.binary_erosion(t_une.array == T.FAT, iterations=2)
+    assert abs(float(np.median(une.array[fat])) - float(np.median(art.array[fat]))) < 30
+    # A dataset with every case unenhanced records it per case; arterial cases are as before.
+    make_dataset(tmp_path / "u", cases=2, seed=3, size="tiny", unenhanced=1.0, progress=False)
+    make_dataset(tmp_path / "a", cases=2, seed=3, size="tiny", progress=False)
+    rec = SynthRecord.model_validate_json((tmp_path / "u" / "synth.json").read_text(encoding="utf-8"))
+    assert rec.unenhanced == 1.0 and [c.phase for c in rec.cases] == ["unenhanced", "unenhanced"]
+    a = read_volume(tmp_path / "a" / "case_00000" / "imaging.nii.gz").array
+    assert np.array_equal(a, make_case(rec.cases[0].seed, "tiny")[0].array)
+    assert not np.array_equal(a, read_volume(tmp_path / "u" / "case_00000" / "imaging.nii.gz").array)
+
+
 def test_render_kits23_mask_with_cysts(tmp_path, capsys):
     src = shared_path("data", "kits23", "case_00427", "segmentation.nii.gz")  # has cysts (label 3)
     small = downsample_label(read_label(src, {0, 1, 2, 3}), 4)
@@ -301,7 +324,8 @@ def test_cli_synth_with_preview(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--size", "huge"], ["--cases", "0"], ["--layout", "kits99"],
-                                  ["--from-masks", "/no/such/folder"], ["--downsample", "0"]])
+                                  ["--from-masks", "/no/such/folder"], ["--downsample", "0"],
+                                  ["--unenhanced", "1.5"]])
 def test_cli_synth_bad_arguments(tmp_path, args):
     assert main(["synth", str(tmp_path / "x"), "--no-progress", *args]) == 2
 

@@ -45,6 +45,7 @@ class CaseRecord(BaseModel):
     cysts: int = 0
     kidneys: int = 2
     source_label: str | None = None  # --from-masks: the label map the image was rendered for
+    phase: str = "arterial"  # contrast phase (kitseg.synth.tissues.PHASES)
 
 
 class SynthRecord(BaseModel):
@@ -62,12 +63,21 @@ class SynthRecord(BaseModel):
     geometry: str
     from_masks: str | None = None
     downsample: int = 1
+    unenhanced: float = 0.0  # share of cases drawn without contrast (--unenhanced)
     cases: list[CaseRecord]
 
 
 def case_seed(seed: int, index: int) -> int:
     """The seed of case ``index`` of a dataset made with ``seed``."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def case_phase(seed: int, unenhanced: float) -> str:
+    """The contrast phase of the case with ``seed`` when a share ``unenhanced`` of cases has no contrast
+    (its own random stream: the case's anatomy does not depend on ``unenhanced``)."""
+    if unenhanced <= 0:
+        return "arterial"
+    return "unenhanced" if np.random.default_rng([int(seed), 3]).random() < unenhanced else "arterial"
 
 
 def _check(size: str | None, layout: str, geometry: str) -> None:
@@ -99,14 +109,14 @@ def to_volumes(syn: Synthesis, spacing, geometry: str = "kits19") -> tuple[Volum
 
 
 def make_case(seed: int, size: str = "tiny", layout: str = "kits19", geometry: str = "kits19",
-              n_tumors: int | None = None) -> tuple[Volume, Volume]:
+              n_tumors: int | None = None, phase: str = "arterial") -> tuple[Volume, Volume]:
     """One procedural case: (CT image in HU as int16, labels as uint8), deterministic for ``seed``.
 
     ``layout`` "kits19": labels 0/1/2 (cysts are kidney); "kits23": cysts are label 3.
     ``n_tumors`` fixes the number of tumors (default: drawn, 0-3).
     """
     _check(size, layout, geometry)
-    case = draw_case(seed, size, n_tumors)
+    case = draw_case(seed, size, n_tumors, phase)
     syn = synthesize(case, cyst_label=3 if layout == "kits23" else 1)
     return to_volumes(syn, case.grid.spacing, geometry)
 
@@ -117,12 +127,12 @@ def _record(case_id: str, case: CaseSpec) -> CaseRecord:
     return CaseRecord(case_id=case_id, seed=case.seed, shape=case.grid.shape, spacing_mm=case.grid.spacing,
                       noise_sd_hu=round(case.noise_sd, 2), tumors=[looks[t.look].kind for t in tumors],
                       tumor_diameters_mm=[round(t.diameter, 1) for t in tumors], cysts=case.n_cysts,
-                      kidneys=len(case.kidneys))
+                      kidneys=len(case.kidneys), phase=case.hu.phase)
 
 
 def _write_procedural(job) -> dict:
-    out_dir, case_id, seed, size, layout, geometry = job
-    case = draw_case(seed, size)
+    out_dir, case_id, seed, size, layout, geometry, phase = job
+    case = draw_case(seed, size, phase=phase)
     syn = synthesize(case, cyst_label=3 if layout == "kits23" else 1)
     image, label = to_volumes(syn, case.grid.spacing, geometry)
     d = Path(out_dir) / case_id
@@ -132,7 +142,7 @@ def _write_procedural(job) -> dict:
 
 
 def _write_rendered(job) -> dict:
-    out_dir, case_id, seed, label_path, layout, downsample = job
+    out_dir, case_id, seed, label_path, layout, downsample, phase = job
     allowed = {0, 1, 2, 3} if layout == "kits23" else {0, 1, 2}
     try:
         label = read_label(label_path, allowed)
@@ -140,7 +150,7 @@ def _write_rendered(job) -> dict:
         hint = "; label maps with cysts (3) need --layout kits23" if layout == "kits19" else ""
         raise KitsegError(exc.message + hint, label_path) from None
     small = downsample_label(label, downsample)
-    image = render_from_label(small, seed)
+    image = render_from_label(small, seed, phase=phase)
     d = Path(out_dir) / case_id
     write_volume(image, d / "imaging.nii.gz")
     if downsample == 1:  # the very same file: labels and geometry reproduced exactly
@@ -149,12 +159,13 @@ def _write_rendered(job) -> dict:
     else:
         write_volume(small, d / "segmentation.nii.gz")
     return CaseRecord(case_id=case_id, seed=seed, shape=small.shape, spacing_mm=small.spacing,
-                      source_label=str(label_path)).model_dump()
+                      source_label=str(label_path), phase=phase).model_dump()
 
 
 def make_dataset(out_dir: str | Path, cases: int | None = None, seed: int = 0, size: str = "small",
                  layout: str = "kits19", from_masks: str | Path | None = None, progress: bool = True,
-                 geometry: str = "kits19", downsample: int = 1, workers: int | None = None) -> list[Path]:
+                 geometry: str = "kits19", downsample: int = 1, workers: int | None = None,
+                 unenhanced: float = 0.0) -> list[Path]:
     """Write a synthetic KiTS-layout dataset to ``out_dir``; return the case folders.
 
     Procedural (default): ``cases`` cases (default 10) of ``size`` "tiny" (32x64x64), "small"
@@ -163,7 +174,8 @@ def make_dataset(out_dir: str | Path, cases: int | None = None, seed: int = 0, s
     first ``cases`` of them, default all) and written with a copy of the label map.
     ``downsample`` (from_masks only) divides the in-plane size by an integer factor, the labels
     by majority vote over each block (see ``downsample_label``). ``workers``: processes (default:
-    up to 2, one for tiny cases).
+    up to 2, one for tiny cases). ``unenhanced``: the share of cases (drawn per case, ``case_phase``)
+    rendered without contrast; the others are late arterial.
     """
     _check(size, layout, geometry)
     out = Path(out_dir)
@@ -173,17 +185,20 @@ def make_dataset(out_dir: str | Path, cases: int | None = None, seed: int = 0, s
         raise KitsegError(f"--cases must be at least 1, got {cases}")
     if downsample < 1:
         raise KitsegError(f"--downsample must be at least 1, got {downsample}")
+    if not 0.0 <= unenhanced <= 1.0:
+        raise KitsegError(f"--unenhanced is a share of the cases, from 0 to 1; got {unenhanced}")
     if from_masks is not None:
         ds = open_dataset(from_masks)
         sources = [c for c in ds.cases if c.label is not None][: cases or None]
         if not sources:
             raise KitsegError("no segmentation files found", from_masks)
-        jobs = [(str(out), c.case_id, case_seed(seed, i), str(c.label), layout, downsample)
-                for i, c in enumerate(sources)]
+        jobs = [(str(out), c.case_id, case_seed(seed, i), str(c.label), layout, downsample,
+                 case_phase(case_seed(seed, i), unenhanced)) for i, c in enumerate(sources)]
         fn, heavy = _write_rendered, True
     else:
         n = 10 if cases is None else cases
-        jobs = [(str(out), f"case_{i:05d}", case_seed(seed, i), size, layout, geometry) for i in range(n)]
+        jobs = [(str(out), f"case_{i:05d}", case_seed(seed, i), size, layout, geometry,
+                 case_phase(case_seed(seed, i), unenhanced)) for i in range(n)]
         fn, heavy = _write_procedural, size != "tiny"
     out.mkdir(parents=True, exist_ok=True)
     if workers is None:
@@ -194,6 +209,7 @@ def make_dataset(out_dir: str | Path, cases: int | None = None, seed: int = 0, s
     rec = SynthRecord(renderer_version=RENDERER_VERSION, seed=seed, size=None if from_masks else size,
                       layout=layout, geometry=geometry,
                       from_masks=None if from_masks is None else str(from_masks), downsample=downsample,
+                      unenhanced=unenhanced,
                       cases=[CaseRecord(**r) for r in records])
     write_text(out / "synth.json", rec.model_dump_json(indent=2) + "\n")
     return [out / r["case_id"] for r in records]

@@ -86,15 +86,16 @@ class CaseSpec:
         return sum(les.kind == "cyst" for les in self.lesions)
 
 
-def draw_case(seed: int, size: str = "tiny", n_tumors: int | None = None) -> CaseSpec:
-    """Draw one case's anatomy, appearance and grid from ``seed`` (deterministic)."""
+def draw_case(seed: int, size: str = "tiny", n_tumors: int | None = None, phase: str = "arterial") -> CaseSpec:
+    """Draw one case's anatomy, appearance and grid from ``seed`` (deterministic); ``phase``: the contrast
+    phase, "arterial" or "unenhanced" (``kitseg.synth.tissues.PHASES``)."""
     spec = SIZES[size]
     rng = np.random.default_rng([int(seed), 0])
     body = draw_body(rng)
     kidneys = draw_kidneys(rng, body)
     lesions = draw_lesions(rng, kidneys, n_tumors)
     tumors = [les for les in lesions if les.kind == "tumor"]
-    hu = draw_hu_table(rng, tuple(t.diameter for t in tumors[:3]))
+    hu = draw_hu_table(rng, tuple(t.diameter for t in tumors[:3]), phase, np.random.default_rng([int(seed), 4]))
     noise_sd = float(rng.uniform(10, 30))
     if spec.slice_mm is None:
         values = np.array(list(KITS19_SLICE_MM))

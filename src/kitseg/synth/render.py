@@ -36,17 +36,19 @@ BODY_Z_STEP_MM = 2.0  # surroundings are painted at least this far apart in z, t
 MAP_STEP_MM = 2.0  # grid of the distance maps
 
 
-def render_from_label(label, seed: int, *, noise_sd: float | None = None) -> Volume:
+def render_from_label(label, seed: int, *, noise_sd: float | None = None, phase: str = "arterial") -> Volume:
     """A synthetic CT (int16 HU) on exactly the grid of ``label`` (a Volume or a label file).
 
     Voxels labelled 1 are kidney tissue, 2 tumor, 3 cyst; everything else is body. The returned
     Volume has the label's geometry and source orientation, so writing it next to the label gives
-    a matching image/segmentation pair. Deterministic for a given ``seed``.
+    a matching image/segmentation pair. Deterministic for a given ``seed``. ``phase``: "arterial"
+    (late arterial, as most of KiTS19) or "unenhanced" (no contrast; ``kitseg.synth.tissues.PHASES``).
     """
-    return _render_volumes(label, seed, noise_sd, with_tissues=False)[0]
+    return _render_volumes(label, seed, noise_sd, phase, with_tissues=False)[0]
 
 
-def render_with_tissues(label, seed: int, *, noise_sd: float | None = None) -> tuple[Volume, Volume]:
+def render_with_tissues(label, seed: int, *, noise_sd: float | None = None,
+                        phase: str = "arterial") -> tuple[Volume, Volume]:
     """``render_from_label`` and the tissue map it painted: (CT int16 HU, tissue classes uint8).
 
     The CT is exactly ``render_from_label(label, seed)``'s. The tissue map holds the
@@ -55,10 +57,10 @@ def render_with_tissues(label, seed: int, *, noise_sd: float | None = None) -> t
     take the nearer plane's tissue. It is what ``bench/bench_realism.py`` compares with real CT
     organ by organ.
     """
-    return _render_volumes(label, seed, noise_sd, with_tissues=True)
+    return _render_volumes(label, seed, noise_sd, phase, with_tissues=True)
 
 
-def _render_volumes(label, seed: int, noise_sd: float | None, with_tissues: bool):
+def _render_volumes(label, seed: int, noise_sd: float | None, phase: str, with_tissues: bool):
     if not isinstance(label, Volume):
         label = read_label(label, {0, 1, 2, 3})
     lab = np.asarray(label.array)
@@ -66,7 +68,7 @@ def _render_volumes(label, seed: int, noise_sd: float | None, with_tissues: bool
         lab = lab.astype(np.uint8)
     tissue = np.empty(lab.shape, np.uint8) if with_tissues else None
     with threadpool_limits(1, user_api="blas"):
-        hu = _render(lab, label.spacing, seed, noise_sd, tissue)
+        hu = _render(lab, label.spacing, seed, noise_sd, phase, tissue)
     return label.with_array(hu), (None if tissue is None else label.with_array(tissue))
 
 
@@ -122,7 +124,7 @@ def _distance_maps(lab: np.ndarray, spacing, rim: float):
     return origin, sp, depth, outside, tdepth, ids
 
 
-def _render(lab: np.ndarray, spacing, seed: int, noise_sd: float | None,
+def _render(lab: np.ndarray, spacing, seed: int, noise_sd: float | None, phase: str = "arterial",
             tissue_out: np.ndarray | None = None) -> np.ndarray:
     rng = np.random.default_rng([int(seed), 0])
     kz, ky, kx, half_sep = _kidney_anchor(lab, spacing)
@@ -134,7 +136,7 @@ def _render(lab: np.ndarray, spacing, seed: int, noise_sd: float | None,
     kid_y_body = body.spine_y + rng.uniform(5, 22)
     origin = (-kz, -(ky - kid_y_body), -kx)  # body-frame mm of voxel (0, 0, 0)
     grid = Grid((nz, ny, nx), tuple(float(s) for s in spacing), origin)
-    hu_table = draw_hu_table(rng)
+    hu_table = draw_hu_table(rng, phase=phase, phase_rng=np.random.default_rng([int(seed), 4]))
     noise = float(rng.uniform(10, 30)) if noise_sd is None else float(noise_sd)
     cortex_mm, rim_mm = rng.uniform(4, 7), rng.uniform(6, 12)
     fields = make_fields(seed, grid)

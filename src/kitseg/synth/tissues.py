@@ -74,6 +74,17 @@ HU_RANGE: dict[Tissue, tuple[float, float]] = {
     Tissue.NECROSIS: (5, 35), Tissue.TUMOR_A: (40, 200), Tissue.TUMOR_B: (40, 200), Tissue.TUMOR_C: (40, 200),
     Tissue.TABLE: (100, 250), Tissue.VEIN: (110, 180),
 }
+# Contrast phases: "arterial" (the ranges above; most of KiTS19) or "unenhanced" (no intravenous
+# contrast): the tissues that enhance get these ranges instead. Literature values for CT without
+# contrast (renal parenchyma 30-40, liver 55-65 and 8-10 above the spleen, blood 35-50 HU), widened
+# down to the real unenhanced slab of bench/bench_realism.py (kidneys 14 HU [3, 24] by their machine
+# labels at 3 mm, liver 46, spleen 35, aorta 43, IVC 39).
+PHASES = ("arterial", "unenhanced")
+UNENHANCED_HU: dict[Tissue, tuple[float, float]] = {
+    Tissue.CORTEX: (20, 40), Tissue.LIVER: (40, 65), Tissue.SPLEEN: (33, 52), Tissue.GUT_WALL: (25, 45),
+    Tissue.AORTA: (30, 50), Tissue.IVC: (30, 50), Tissue.RENAL_VEIN: (30, 50), Tissue.ARTERY: (30, 50),
+    Tissue.VEIN: (30, 50), Tissue.SKIN: (20, 50),
+}
 ORAL_CONTRAST_P = 0.35  # share of cases whose bowel fluid holds positive oral contrast
 ORAL_CONTRAST_HU = (150, 300)
 # Standard deviation (HU) of slow within-organ variation (a 25 mm random field).
@@ -118,13 +129,20 @@ class HuTable:
     mean: np.ndarray  # float32 (N_TISSUES,)
     lowfreq_sd: np.ndarray  # float32 (N_TISSUES,)
     tumor_looks: tuple[TumorLook, ...]
+    phase: str = "arterial"
 
     def value(self, t: Tissue) -> float:
         return float(self.mean[int(t)])
 
 
-def draw_hu_table(rng: np.random.Generator, tumor_diameters_mm=(30.0, 30.0, 30.0)) -> HuTable:
-    """Draw one case's tissue means. Medulla lies 50-110 HU below the cortex (corticomedullary phase)."""
+def draw_hu_table(rng: np.random.Generator, tumor_diameters_mm=(30.0, 30.0, 30.0),
+                  phase: str = "arterial", phase_rng: np.random.Generator | None = None) -> HuTable:
+    """Draw one case's tissue means. Arterial: medulla 50-110 HU below the cortex (corticomedullary
+    phase). Unenhanced: the enhancing tissues from ``UNENHANCED_HU``, medulla 0-8 HU below the cortex,
+    tumors 20-45 HU, drawn from ``phase_rng`` (default ``rng``): with a generator of its own the
+    case's other draws from ``rng`` stay those of its arterial twin."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown contrast phase {phase!r}; use one of {', '.join(PHASES)}")
     mean = np.zeros(N_TISSUES, np.float32)
     for t, (lo, hi) in HU_RANGE.items():
         mean[t] = rng.uniform(lo, hi)
@@ -134,12 +152,20 @@ def draw_hu_table(rng: np.random.Generator, tumor_diameters_mm=(30.0, 30.0, 30.0
         mean[Tissue.GUT_FLUID] = rng.uniform(*ORAL_CONTRAST_HU)
     looks = tuple(draw_tumor_look(rng, d) for d in tumor_diameters_mm[:3])
     looks = looks + tuple(draw_tumor_look(rng, 30.0) for _ in range(3 - len(looks)))
+    if phase == "unenhanced":
+        r = rng if phase_rng is None else phase_rng
+        for t, (lo, hi) in UNENHANCED_HU.items():
+            mean[t] = r.uniform(lo, hi)
+        mean[Tissue.MEDULLA] = mean[Tissue.CORTEX] - r.uniform(0, 8)
+        # without contrast a renal tumor is near the parenchyma (slightly below it), little mottled
+        looks = tuple(TumorLook(lk.kind, float(r.uniform(20, 45)), float(r.uniform(4, 10)), lk.necrosis)
+                      for lk in looks)
     for t, look in zip(TUMOR_LOOKS, looks):
         mean[t] = look.mean
     sd = np.zeros(N_TISSUES, np.float32)
     for t, v in LOWFREQ_SD.items():
         sd[t] = v
-    return HuTable(mean, sd, looks)
+    return HuTable(mean, sd, looks, phase)
 
 
 # ---------------------------------------------------------------------------------------------
