@@ -5,7 +5,7 @@ scored on the same held-out rendered phantoms, with each paper's headline ablati
    ../shared/data/kits19 (``kitseg.synth.make_dataset(from_masks=..., downsample=K)``: in-plane
    size / K, slices kept, labels by majority vote); cached in bench/results/accuracy/ and reused.
 2. Split by case number: the first 80 % (cases 0-119) train, the rest (120-149) test. Training uses
-   ``kitseg.training.run.train_recipe`` with 10 splits of the training cases, fold 0 (108 cases
+   ``kitseg.training.train_recipe.train_recipe`` with 10 splits of the training cases, fold 0 (108 cases
    train, 12 validate), the same splits for every entry. The validation cases are predicted and
    scored too: settings are chosen on them, never on the test cases.
 3. Each entry (a recipe, or ``recipe:variant`` for an ablation) trains in its own process at
@@ -167,7 +167,7 @@ def worker(args) -> dict:
     from kitseg.inference import load_run
     from kitseg.precision import resolve_precision
     from kitseg.training.loop import TrainOptions
-    from kitseg.training.run import labelled_dataset, prepare_run, train_recipe
+    from kitseg.training.train_recipe import labelled_dataset, prepare_run, train_recipe
 
     torch.set_num_threads(args.threads)
     entry, base = args.worker, Path(args.work)

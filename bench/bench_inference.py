@@ -114,8 +114,8 @@ def _oracle_localizer(label_path: Path):
     import numpy as np
 
     from kitseg.inference import cascade
-    from kitseg.inference.mapping import to_entry_grid
     from kitseg.io import read_label
+    from kitseg.stages.grid import to_entry_grid
 
     gt = read_label(label_path).array > 0
     original = cascade._labels

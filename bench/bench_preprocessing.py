@@ -55,7 +55,8 @@ def worker(method: str, shape, spacing, target_z: float, threads: int) -> dict:
     if method.startswith("ours"):
         import torch
 
-        from kitseg.preprocessing.resample import resample, restore
+        from kitseg.preprocessing.resample import resample
+        from kitseg.stages.grid import restore
 
         torch.set_num_threads(threads)
         from kitseg.preprocessing.grid import shape_for_spacing

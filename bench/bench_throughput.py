@@ -71,9 +71,9 @@ def time_train_steps(stage, batch: int, warmup: int, steps: int, device: str = "
     from kitseg.losses import build_loss
     from kitseg.nets import build_network
     from kitseg.precision import as_float, resolve_precision
+    from kitseg.stages.targets import make_target
     from kitseg.training.optim import build_optimizer
     from kitseg.training.sampling import collate
-    from kitseg.training.targets import make_target
 
     dev = torch.device(device)
     channels_last = mode.endswith("_cl")

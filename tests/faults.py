@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from kitseg.io import read_volume
-from kitseg.training.checkpoint import load_checkpoint
+from kitseg.stages.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -78,7 +78,7 @@ def kill_moments(seed: int, n: int, span: float) -> list[float]:
 # on the torch build).
 _SERVER = r"""
 import json, os, resource, sys, threading, traceback
-import kitseg.cli.main, kitseg.inference, kitseg.preprocessing.cache, kitseg.training.run  # noqa: F401
+import kitseg.cli.main, kitseg.inference, kitseg.preprocessing.cache, kitseg.training.train_recipe  # noqa: F401
 
 
 def copy(fd, path):

@@ -16,7 +16,7 @@ from kitseg.datasets import PRESETS
 from kitseg.nets import build_network
 from kitseg.recipes import validate_recipe
 from kitseg.recipes.schema import Recipe
-from kitseg.training.checkpoint import save_checkpoint
+from kitseg.stages.checkpoint import save_checkpoint
 
 GEOMETRY_RECIPE = """
 name: geometry_cascade

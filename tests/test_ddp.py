@@ -16,10 +16,10 @@ import torch.multiprocessing as mp
 import kitseg.nets  # noqa: F401  (imported before the fork, so that the ranks start warm)
 import kitseg.preprocessing.cache  # noqa: F401
 from kitseg.recipes import load_recipe
-from kitseg.training.checkpoint import load_checkpoint
+from kitseg.stages.checkpoint import load_checkpoint
 from kitseg.training.distributed import cleanup, init_distributed
 from kitseg.training.loop import TrainOptions
-from kitseg.training.run import train_recipe
+from kitseg.training.train_recipe import train_recipe
 from synthetic_kits import make_kits_dataset, write_tiny_recipe
 
 

@@ -46,7 +46,7 @@ from kitseg.cli.main import main
 from kitseg.inference import load_run, predict_case, predict_folder
 from kitseg.io import read_volume, write_volume
 from kitseg.preprocessing.cache import list_entries, load_case
-from kitseg.training.checkpoint import load_checkpoint
+from kitseg.stages.checkpoint import load_checkpoint
 from kitseg.volume import Volume
 from preprocessing_data import write_dataset
 from synthetic_kits import make_case, make_kits_dataset, write_tiny_recipe

@@ -34,7 +34,7 @@ from kitseg.errors import KitsegError
 from kitseg.inference import load_run, predict_folder
 from kitseg.io import read_volume, write_volume
 from kitseg.preprocessing.cache import list_entries
-from kitseg.training.checkpoint import load_checkpoint
+from kitseg.stages.checkpoint import load_checkpoint
 from kitseg.volume import Volume
 from synthetic_kits import make_case, make_kits_dataset
 

@@ -15,13 +15,13 @@ from kitseg.datasets import KITS19, KITS23
 from kitseg.errors import KitsegError
 from kitseg.inference import LoadedRun, load_run, predict_case
 from kitseg.inference.ensemble import EnsemblePredictor, average_probabilities
-from kitseg.inference.mapping import paste_labels, resample_to_grid
 from kitseg.inference.sliding import count_windows, gaussian_weights, sliding_window, window_starts
 from kitseg.inference.variants import majority_vote, mirror_flips, slices25d, stack_slices, whole, z_windows
 from kitseg.io import read_volume
 from kitseg.recipes import apply_overrides, validate_recipe
+from kitseg.stages.grid import paste_labels, resample_to_grid
 from kitseg.training.loop import TrainOptions
-from kitseg.training.run import train_recipe
+from kitseg.training.train_recipe import train_recipe
 from kitseg.volume import Volume
 from synthetic_kits import TINY_RECIPE, make_case, make_kits_dataset
 
@@ -411,7 +411,7 @@ def test_tta_changes_nothing_for_a_mirror_symmetric_model_and_runs():
 
 
 def test_whole_volume_mode_falls_back_to_windows_for_huge_volumes(monkeypatch):
-    from kitseg.inference import CaseTimings, cascade
+    from kitseg.inference import CaseTimings, modes
 
     recipe = recipe_from_yaml(GEOMETRY_RECIPE.replace("inference: {overlap: 0.25}", "inference: {mode: whole}"))
     run = LoadedRun(recipe, KITS19, None, untrained_models(recipe))
@@ -419,7 +419,7 @@ def test_whole_volume_mode_falls_back_to_windows_for_huge_volumes(monkeypatch):
     t = CaseTimings()
     predict_case(ct, run, timings=t)
     assert t.windows["localize"] == 1
-    monkeypatch.setattr(cascade, "WHOLE_MAX_VOXELS", 1000)
+    monkeypatch.setattr(modes, "WHOLE_MAX_VOXELS", 1000)
     t = CaseTimings()
     predict_case(ct, run, timings=t)
     assert t.windows["localize"] > 1

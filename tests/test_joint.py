@@ -8,7 +8,7 @@ import torch
 
 from kitseg.errors import KitsegError
 from kitseg.recipes import load_recipe
-from kitseg.training.checkpoint import build_model, load_checkpoint
+from kitseg.stages.checkpoint import build_model, load_checkpoint
 from kitseg.training.joint import JointCascade, build_joint, joint_pair, joint_record, joint_stage
 from synthetic_kits import make_kits_dataset
 
@@ -51,7 +51,7 @@ def test_pairs_that_cannot_be_trained_together_are_refused():
 def test_tunet_trains_w_net_and_t_net_jointly_and_predicts(tmp_path):
     from kitseg.inference import load_run, predict_case
     from kitseg.training.loop import TrainOptions
-    from kitseg.training.run import train_recipe
+    from kitseg.training.train_recipe import train_recipe
 
     data = make_kits_dataset(tmp_path / "data", n=4)
     recipe = load_recipe("tunet", tiny=True, overrides=["stages.lnet.epochs=1", "stages.tnet.epochs=1",

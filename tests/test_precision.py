@@ -11,7 +11,7 @@ import torch
 
 from kitseg import precision as P
 from kitseg.errors import KitsegError
-from kitseg.training.checkpoint import load_checkpoint
+from kitseg.stages.checkpoint import load_checkpoint
 from synthetic_kits import make_kits_dataset, write_tiny_recipe
 
 

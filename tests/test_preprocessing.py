@@ -12,11 +12,12 @@ from scipy import ndimage
 from conftest import kits19_label, shared_path
 from kitseg.errors import KitsegError
 from kitseg.io import from_sitk, read_label, read_volume, to_sitk
-from kitseg.preprocessing.crop import bbox_from_mask, crop, kidney_boxes, paste
+from kitseg.preprocessing.crop import bbox_from_mask, crop, kidney_boxes
 from kitseg.preprocessing.intensity import median_denoise, normalize, stats_for
 from kitseg.preprocessing.records import HIST_BINS, HIST_LOW, CropRecord, IntensityStats, ResampleRecord
-from kitseg.preprocessing.resample import resample, resample_array, restore, restore_argmax
+from kitseg.preprocessing.resample import resample, resample_array
 from kitseg.preprocessing.spec import PRESETS, IntensitySpec, PreprocessSpec
+from kitseg.stages.grid import paste, restore, restore_argmax
 from kitseg.volume import Volume
 
 OBLIQUE = np.array([[0.0, 0.6, 0.8], [0.0, 0.8, -0.6], [1.0, 0.0, 0.0]])  # orthonormal columns

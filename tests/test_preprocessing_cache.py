@@ -16,12 +16,12 @@ from kitseg.cli.main import main
 from kitseg.datasets import open_dataset
 from kitseg.errors import KitsegError
 from kitseg.io import read_label, write_volume
-from kitseg.preprocessing.cache import list_entries, load_case, preprocess_case, preprocess_dataset, target_grid
-from kitseg.preprocessing.crop import paste
+from kitseg.preprocessing.cache import list_entries, load_case, preprocess_dataset
 from kitseg.preprocessing.fingerprint import compute_fingerprint, median_target_spacing, read_fingerprint
+from kitseg.preprocessing.pipeline import preprocess_case, target_grid
 from kitseg.preprocessing.records import CaseRecord, Fingerprint
-from kitseg.preprocessing.resample import restore
 from kitseg.preprocessing.spec import PRESETS, PreprocessSpec
+from kitseg.stages.grid import paste, restore
 from kitseg.volume import Volume
 from preprocessing_data import make_case, write_dataset
 

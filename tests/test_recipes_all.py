@@ -26,7 +26,7 @@ from kitseg.recipes.schema import Recipe
 from kitseg.recipes.tables import lookup
 from kitseg.training import logs
 from kitseg.training.loop import TrainOptions
-from kitseg.training.run import train_recipe
+from kitseg.training.train_recipe import train_recipe
 from kitseg.volume import Volume
 from synthetic_kits import make_case, make_kits_dataset
 

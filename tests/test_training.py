@@ -11,14 +11,14 @@ import torch
 from kitseg.errors import KitsegError
 from kitseg.recipes import load_recipe
 from kitseg.recipes.schema import AugmentSpec, OptimizerSpec, SamplerSpec, ScheduleSpec, TargetSpec
+from kitseg.stages.checkpoint import load_checkpoint, load_stage_models, rng_state, save_checkpoint, set_rng_state
+from kitseg.stages.inputs import assemble_inputs, background_value, priors_from_label
+from kitseg.stages.targets import class_labels, classes_to_labels, make_target
 from kitseg.training import augment as aug
-from kitseg.training.checkpoint import load_checkpoint, load_stage_models, rng_state, save_checkpoint, set_rng_state
-from kitseg.training.inputs import assemble_inputs, background_value, priors_from_label
 from kitseg.training.loop import TrainOptions, train_stage
 from kitseg.training.optim import EarlyStopping, build_optimizer, build_scheduler, step_schedule
 from kitseg.training.sampling import Draw, Geometry, Sampler, make_sample, make_train_case
 from kitseg.training.splits import ensure_splits, make_splits
-from kitseg.training.targets import class_labels, classes_to_labels, make_target
 from synthetic_kits import make_case, write_tiny_recipe
 
 KITS = TargetSpec(kind="softmax", classes={"kidney": [1], "tumor": [2]})

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kitseg.cli.main import main
-from kitseg.training.checkpoint import load_checkpoint
+from kitseg.stages.checkpoint import load_checkpoint
 from synthetic_kits import make_kits_dataset, write_tiny_recipe
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from kitseg.errors import KitsegError
 from kitseg.recipes import load_recipe
-from kitseg.training.checkpoint import load_checkpoint, load_stage_models
+from kitseg.stages.checkpoint import load_checkpoint, load_stage_models
 from kitseg.training.loop import TrainOptions
 from synthetic_kits import make_kits_dataset, write_tiny_recipe
 
@@ -21,7 +21,7 @@ def test_train_recipe_shares_the_time_limit_between_stages(tmp_path, monkeypatch
 
     from kitseg.training import run as run_mod
     from kitseg.training.loop import StageResult
-    from kitseg.training.run import time_share, train_recipe
+    from kitseg.training.train_recipe import time_share, train_recipe
 
     assert time_share(100.0, 4) == 25.0 and time_share(-5.0, 2) == 0.0 and time_share(10.0, 0) == 10.0
     clock = [1000.0]
@@ -99,8 +99,8 @@ def test_a_fold_that_cannot_exist_is_refused_before_any_preprocessing(tmp_path, 
 
 
 def test_resume_note_says_where_training_continues(tmp_path):
-    from kitseg.training.checkpoint import save_checkpoint
-    from kitseg.training.run import resume_note
+    from kitseg.stages.checkpoint import save_checkpoint
+    from kitseg.training.train_recipe import resume_note
 
     assert resume_note(tmp_path, "segment", 1, 30) == "segment fold 1: no checkpoint yet, starting at epoch 1 of 30"
     save_checkpoint(tmp_path / "checkpoint_last.pt", {"epoch": 12, "finished": False, "model": {"w": torch.ones(3)}})
@@ -113,7 +113,7 @@ def test_resume_note_says_where_training_continues(tmp_path):
 def test_generic_tiny_shrinks_a_recipe_without_tiny_section(tmp_path):
     from kitseg.nets import build_network
     from kitseg.recipes.__init__ import apply_overrides, validate_recipe
-    from kitseg.training.run import generic_tiny
+    from kitseg.recipes.profiles import generic_tiny
 
     recipe = load_recipe(write_tiny_recipe(tmp_path / "r.yaml"))
     big = apply_overrides(recipe.model_dump(), {"stages.segment.patch_size": [40, 128, 128],
@@ -132,7 +132,7 @@ def test_tiny_without_a_tiny_section_applies_generic_tiny_everywhere(tmp_path, c
     kitseg recipes --tiny shrink it with generic_tiny; --set still wins over the shrink."""
     from kitseg.cli.main import main
     from kitseg.recipes import recipe_path
-    from kitseg.training.run import generic_tiny
+    from kitseg.recipes.profiles import generic_tiny
 
     data = yaml.safe_load(recipe_path("zhang2019_cascade").read_text(encoding="utf-8"))
     del data["tiny"]
@@ -154,7 +154,7 @@ def test_tiny_without_a_tiny_section_applies_generic_tiny_everywhere(tmp_path, c
 
 
 def test_parse_folds():
-    from kitseg.training.run import parse_folds
+    from kitseg.training.train_recipe import parse_folds
 
     assert parse_folds("all", 5) == [0, 1, 2, 3, 4]
     assert parse_folds("0,2", 5) == [0, 2] and parse_folds(3, 5) == [3] and parse_folds(None, 5) == [0]

@@ -40,7 +40,7 @@ def run_demo(out_dir: str | Path = "kitseg_demo", *, train_cases: int = 16, test
     from kitseg.report import make_report
     from kitseg.synth import make_dataset
     from kitseg.training.loop import TrainOptions
-    from kitseg.training.run import train_recipe
+    from kitseg.training.train_recipe import train_recipe
 
     console = console or Console(stderr=True)
     out = Path(out_dir)

@@ -82,10 +82,19 @@ def to_sitk(vol: Volume, restore_orientation: bool = True) -> sitk.Image:
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    img.SetSpacing([float(s) for s in vol.spacing[::-1]])
-    img.SetOrigin([float(o) for o in vol.origin])
-    img.SetDirection([float(d) for d in vol.direction[:, ::-1].ravel()])
+    spacing, origin, direction = sitk_geometry(vol.affine)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection(direction)
     return img
+
+
+def sitk_geometry(affine: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """SimpleITK's (x, y, z) spacing, origin and direction of a (z, y, x) -> LPS affine."""
+    affine = np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = affine[:3, :3] / spacing[None, :]
+    return spacing[::-1].tolist(), affine[:3, 3].tolist(), direction[:, ::-1].ravel().tolist()
 
 
 def _from_nibabel(obj: Any) -> Volume:

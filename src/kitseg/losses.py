@@ -2,10 +2,10 @@
 
 ``build_loss(spec, target)`` returns a callable ``loss(outputs, target, epoch=0) -> scalar tensor``.
 ``outputs`` are logits (N, C, *spatial) or, for deep supervision, a list of them (finest first).
-The target is what ``kitseg.training.targets.make_target`` builds, as a tensor: a class map
+The target is what ``kitseg.stages.targets.make_target`` builds, as a tensor: a class map
 (N, *spatial) of integers for softmax targets, binary channels (N, C, *spatial) for sigmoid ones.
 
-Loss names (``LossSpec.name``) and their sources:
+Loss names (``LossSpec.name``, registered in ``kitseg.registry.LOSSES``) and their sources:
 
 - ``dice``: soft Dice, softmax over the classes (background left out by default) or per sigmoid
   channel. Used alone it can collapse (MIC-DKFZ/nnUNet#1395): prefer ``dice_ce``.
@@ -35,6 +35,7 @@ are not lost).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,19 +43,47 @@ import torch.nn.functional as F
 
 from kitseg.errors import KitsegError
 from kitseg.recipes.schema import DeepSupervisionSpec, LossSpec, TargetSpec
+from kitseg.registry import LOSSES
 
 Outputs = torch.Tensor | Sequence[torch.Tensor]
 
-_KNOWN_PARAMS = {
-    "dice": {"include_background", "smooth", "batch_dice"},
-    "ce": {"class_weights"},
-    "dice_ce": {"include_background", "smooth", "batch_dice", "dice_weight", "ce_weight", "class_weights"},
-    "weighted_ce": {"class_weights"},
-    "focal_dice": {"include_background", "smooth", "batch_dice", "gamma", "alpha", "dice_class_weights",
-                   "focal_weight", "dice_weight"},
-    "region_dice": {"smooth", "batch_dice"},
-    "bce_dice": {"smooth", "batch_dice", "dice_weight", "ce_weight"},
-}
+_DICE = ("include_background", "smooth", "batch_dice")
+
+
+@dataclass(frozen=True)
+class LossKind:
+    """One registered loss (``kitseg.registry.LOSSES``): its parameters and how it combines the terms.
+
+    ``combine(terms, logits, y)`` with ``terms`` the stage's configured ``dice``, ``ce`` and ``focal``
+    functions and weights (``_Terms``).
+    """
+
+    params: frozenset[str]
+    combine: Callable[[_Terms, torch.Tensor, torch.Tensor], torch.Tensor]
+    sigmoid_only: bool = False
+
+
+@dataclass(frozen=True)
+class _Terms:
+    dice: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    focal: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    w_dice: float
+    w_other: float
+
+
+DICE = LossKind(frozenset(_DICE), lambda t, x, y: t.dice(x, y))
+CE = LossKind(frozenset({"class_weights"}), lambda t, x, y: t.ce(x, y))
+WEIGHTED_CE = LossKind(frozenset({"class_weights"}), lambda t, x, y: t.ce(x, y))
+DICE_CE = LossKind(frozenset({*_DICE, "dice_weight", "ce_weight", "class_weights"}),
+                   lambda t, x, y: t.w_dice * t.dice(x, y) + t.w_other * t.ce(x, y))
+FOCAL_DICE = LossKind(frozenset({*_DICE, "gamma", "alpha", "dice_class_weights", "focal_weight", "dice_weight"}),
+                      lambda t, x, y: t.w_dice * t.dice(x, y) + t.w_other * t.focal(x, y))
+# TuNet sums the regions' Dice losses instead of averaging them
+REGION_DICE = LossKind(frozenset({"smooth", "batch_dice"}), lambda t, x, y: t.dice(x, y) * x.shape[1],
+                       sigmoid_only=True)
+BCE_DICE = LossKind(frozenset({"smooth", "batch_dice", "dice_weight", "ce_weight"}),
+                    lambda t, x, y: t.w_dice * t.dice(x, y) + t.w_other * t.ce(x, y), sigmoid_only=True)
 
 
 # ---- the pieces ------------------------------------------------------------------------------------
@@ -125,14 +154,15 @@ def _single_loss(spec: LossSpec, target: TargetSpec) -> Callable[[torch.Tensor, 
     """The loss of one logits tensor against its target, for the spec's name and params."""
     p = dict(spec.params)
     name = spec.name
-    unknown = set(p) - _KNOWN_PARAMS[name]
+    kind: LossKind = LOSSES.get(name)
+    unknown = set(p) - kind.params
     if unknown:
-        raise KitsegError(f"loss {name!r} has no parameter(s) {sorted(unknown)}; known: {sorted(_KNOWN_PARAMS[name])}")
+        raise KitsegError(f"loss {name!r} has no parameter(s) {sorted(unknown)}; known: {sorted(kind.params)}")
     smooth = float(p.get("smooth", 1e-5))
     batch_dice = bool(p.get("batch_dice", False))
     softmax = target.kind == "softmax"
     n_out = target.out_channels
-    if name in ("region_dice", "bce_dice") and softmax:
+    if kind.sigmoid_only and softmax:
         raise KitsegError(f"loss {name!r} needs a sigmoid target (overlapping regions); this stage's target is softmax")
     if "alpha" in p and not softmax:
         raise KitsegError(f"loss {name!r}: 'alpha' is for softmax targets; use dice_class_weights with sigmoid ones")
@@ -169,22 +199,15 @@ def _single_loss(spec: LossSpec, target: TargetSpec) -> Callable[[torch.Tensor, 
     def focal(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return focal_loss(logits, y, gamma, alpha) if softmax else sigmoid_focal_loss(logits, y, gamma)
 
+    terms = _Terms(dice, ce, focal, w_dice, w_other)
+
     def fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if not softmax:
             y = y.to(logits.dtype)
         if logits.shape[1] != n_out:
             raise KitsegError(f"the network gives {logits.shape[1]} output channels, the target needs {n_out}")
-        if name == "dice":
-            return dice(logits, y)
-        if name in ("ce", "weighted_ce"):
-            return ce(logits, y)
-        if name in ("dice_ce", "bce_dice"):
-            return w_dice * dice(logits, y) + w_other * ce(logits, y)
-        if name == "focal_dice":
-            return w_dice * dice(logits, y) + w_other * focal(logits, y)
-        # region_dice: TuNet sums the regions' Dice losses instead of averaging them
-        return dice(logits, y) * logits.shape[1]
+        return kind.combine(terms, logits, y)
 
     return fn
 

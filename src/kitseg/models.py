@@ -1,6 +1,6 @@
 """Shareable model files: one ``model.kitseg`` holding everything ``kitseg predict`` needs from a run.
 
-``export(run_dir, "model.kitseg")`` writes a zip (``kitseg.inference.model_file`` describes the
+``export(run_dir, "model.kitseg")`` writes a zip (``kitseg.stages.model_file`` describes the
 members and the checks on reading) with the recipe, fingerprint, label convention, the chosen folds'
 weights as safetensors and a model card; ``load("model.kitseg")`` returns the ``LoadedRun`` that
 ``kitseg.inference.predict`` takes (``kitseg predict --model model.kitseg`` does this). The labels
@@ -27,7 +27,7 @@ import torch
 from kitseg import __version__
 from kitseg._atomic import atomic_path
 from kitseg.errors import KitsegError
-from kitseg.inference.model_file import FORMAT, FORMAT_VERSION, MANIFEST, SUFFIX, load_model, read_model_card, sha256
+from kitseg.stages.model_file import FORMAT, FORMAT_VERSION, MANIFEST, SUFFIX, load_model, read_model_card, sha256
 from kitseg.training_data import from_run
 
 load = load_model
@@ -58,8 +58,8 @@ def export(run_dir: str | Path, output: str | Path, *, folds: list[int] | None =
     """Write the run folder's model (``folds``: default every trained fold) to ``output`` (a .kitseg zip)."""
     from safetensors.torch import save
 
-    from kitseg.inference.run import load_run
-    from kitseg.training.checkpoint import checkpoint_paths, load_checkpoint
+    from kitseg.stages.checkpoint import checkpoint_paths, load_checkpoint
+    from kitseg.stages.run_folder import load_run
 
     run_dir, output = Path(run_dir), Path(output)
     if not output.name.lower().endswith(SUFFIX):

@@ -43,8 +43,7 @@ from kitseg import __version__
 from kitseg.datasets import KITS19, DatasetSpec
 from kitseg.io import VolumeLike, read_label, read_volume
 from kitseg.metrics.tumors import MIN_TUMOR_ML, tumor_components
-from kitseg.postprocessing.components import bbox
-from kitseg.volume import CANONICAL_CODES, Volume, reorient
+from kitseg.volume import CANONICAL_CODES, Volume, bbox, reorient
 
 SCHEMA_VERSION = 1
 BODY_HU = -500.0  # CT above this is body (``body_midline_x``)

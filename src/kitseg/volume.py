@@ -182,3 +182,16 @@ def _blocked_copy(view: np.ndarray, block: int = 32) -> np.ndarray:
     for i in range(0, view.shape[1], block):
         out[:, i:i + block] = view[:, i:i + block]
     return out
+
+
+def bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero voxels of ``mask`` grown by ``margin`` (clipped), or None if empty."""
+    slices = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(np.any(mask, axis=other))
+        if hit.size == 0:
+            return None
+        lo, hi = max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])
+        slices.append(slice(lo, hi))
+    return tuple(slices)

@@ -25,7 +25,7 @@ def export(run_dir: Path, output: Path, folds: str | None, which: str, note: str
     """
     from kitseg.models import describe
     from kitseg.models import export as export_model
-    from kitseg.training.run import parse_folds
+    from kitseg.training.train_recipe import parse_folds
 
     chosen = None if folds is None else parse_folds(folds, 1000)
     export_model(run_dir, output, folds=chosen, which=which, note=note)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kitseg.inspect import describe_dataset, describe_volume
+from kitseg.describe import describe_dataset, describe_volume
 
 
 @click.command()

@@ -5,19 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import yaml
 
 from kitseg.errors import KitsegError
-
-
-def _sets(items: tuple[str, ...]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise KitsegError(f"--set {item!r} must look like key=value (e.g. stages.segment.optimizer.lr=1e-4)")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 @click.command()
@@ -69,9 +58,9 @@ def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[
     from kitseg.recipes import load_recipe
     from kitseg.training.distributed import cleanup, init_distributed
     from kitseg.training.loop import TrainOptions
-    from kitseg.training.run import train_recipe
+    from kitseg.training.train_recipe import train_recipe
 
-    overrides = _sets(sets)
+    overrides = list(sets)
     if tiny and profile not in ("paper", "tiny"):
         raise KitsegError(f"--tiny and --profile {profile} contradict each other; give one")
     rec = load_recipe(recipe, overrides, variant=variant, profile="tiny" if tiny else profile)

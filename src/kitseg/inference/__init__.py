@@ -8,9 +8,10 @@ The Python API (a path, DICOM folder, ``Volume`` or SimpleITK image in, a ``Volu
     write_volume(labels, "case_00123.nii.gz")                             # the input's geometry
 
 Modules: ``sliding`` (Gaussian sliding window), ``variants`` (z-windows, majority vote, 2.5D
-slices, whole volume, mirroring TTA), ``ensemble`` (probability averaging), ``run`` (loading a run
-folder), ``mapping`` (moving outputs between grids), ``cascade`` (``predict_case``), ``final``
-(the recipe's final step), ``folder`` (``predict_folder``: resume, skip, torchrun sharding).
+slices, whole volume, mirroring TTA), ``modes`` (the registered inference modes), ``ensemble``
+(probability averaging), ``cascade`` (``predict_case``), ``folder`` (``predict_folder``: resume,
+skip, torchrun sharding). The stage contract they use (inputs, targets, grids, ops, the run
+folder) is ``kitseg.stages``.
 See docs/INFERENCE.md.
 """
 
@@ -23,9 +24,10 @@ import torch
 
 from kitseg.inference.cascade import CaseTimings, Probabilities, predict_case
 from kitseg.inference.folder import FolderSummary, predict_file, predict_folder
-from kitseg.inference.run import LoadedRun, load_run
 from kitseg.inference.sliding import sliding_window
 from kitseg.io import VolumeLike
+from kitseg.stages.loaded_run import LoadedRun
+from kitseg.stages.run_folder import load_run
 from kitseg.volume import Volume
 
 

@@ -1,22 +1,22 @@
 """One cascade runner for every recipe: ``predict_case(image, run) -> Volume`` (uint8, the input's grid).
 
-For each stage of ``recipe.stages``, in order (``_run_stage``):
+``predict_case`` reads the CT, then for each stage of ``recipe.stages``, in order:
 
-1. preprocess the CT exactly as training did (``kitseg.preprocessing.cache.preprocess_case``):
+1. preprocess the CT exactly as training did (``kitseg.preprocessing.pipeline.preprocess_case``):
    crop around the earlier stage's kidneys when the stage has ``roi_from`` (one box per kidney
    with ``roi.kidneys: each``, Zhang et al. 2.1/2.3; the earlier stage kept its two largest
    components, 2.4), resample to the stage's grid, denoise, normalize with the run's fingerprint;
-2. add the input channels named in ``stage.inputs`` (``mask:<s>``, ``prob:<s>``,
-   ``masked_ct:<s>``: stage s's output moved onto this grid, ``kitseg.training.inputs``);
-3. run the stage's inference scheme (Gaussian sliding window, z-windows, majority vote, 2.5D
-   slices, whole volume) with the ensemble of its fold models (and of several runs), optionally
-   with mirroring TTA;
-4. turn probabilities into dataset labels (``kitseg.training.targets.classes_to_labels``) and
-   apply the stage's post-processing steps on its own grid, per box;
-5. paste each box's labels onto the original grid (uint8; only the box around the labels is
-   resampled), which is what later stages crop around.
+2. add the input channels of ``stage.inputs`` (earlier stages' outputs moved onto this grid,
+   ``kitseg.stages.inputs``);
+3. run the stage's inference mode (``kitseg.inference.modes``: Gaussian sliding window, z-windows,
+   majority vote, 2.5D slices, whole volume) with the ensemble of its fold models (and of several
+   runs), optionally with mirroring TTA;
+4. turn probabilities into dataset labels and apply the stage's ops on its own grid, per box
+   (``kitseg.stages.ops``);
+5. paste each box's labels back onto the CT's grid (``kitseg.stages.grid``), which is what later
+   stages crop around.
 
-Then ``recipe.final`` combines the stages (``kitseg.inference.final``). No full-resolution float
+Then ``recipe.final`` combines the stages (``kitseg.stages.ops``). No full-resolution float
 array of the whole volume is built (``return_probabilities`` excepted: float16).
 """
 
@@ -33,45 +33,22 @@ import torch
 from kitseg.errors import KitsegError
 from kitseg.inference import variants
 from kitseg.inference.ensemble import EnsemblePredictor
-from kitseg.inference.final import (
-    final_labels,
-    foreground_probability,
-    probabilities_on_grid,
-    probability_stage,
-)
-from kitseg.inference.mapping import paste_labels, resample_to_grid, to_entry_grid, unpadded
-from kitseg.inference.run import LoadedRun
-from kitseg.inference.sliding import sliding_window
+from kitseg.inference.modes import mode_of
 from kitseg.io import VolumeLike, read_volume
 from kitseg.precision import Precision, resolve_precision
-from kitseg.preprocessing.cache import preprocess_case
+from kitseg.preprocessing.pipeline import Preprocessed, preprocess_case
 from kitseg.preprocessing.records import CaseRecord
 from kitseg.recipes.schema import Stage
-from kitseg.training.inputs import assemble_inputs, prior_stages
-from kitseg.training.targets import classes_to_labels, foreground_labels
+from kitseg.registry import INFERENCE_MODES
+from kitseg.stages.grid import labels_on_ct, probabilities_on_ct, resample_to_grid, to_entry_grid, unpadded
+from kitseg.stages.inputs import assemble_inputs
+from kitseg.stages.loaded_run import LoadedRun
+from kitseg.stages.ops import OpContext, apply_stage_ops, final_labels, probability_stage
+from kitseg.stages.outputs import EntryOutput, StageOutput
+from kitseg.stages.targets import foreground_probability, labels_from_probabilities
 from kitseg.volume import Volume
 
 log = logging.getLogger(__name__)
-# ``inference.mode: whole`` predicts a volume in one pass up to this many voxels (a KiTS19 CT at 4 mm
-# has at most 1.8e6); larger ones use windows of the stage's patch so that memory stays bounded.
-WHOLE_MAX_VOXELS = 4_000_000
-
-
-@dataclass
-class EntryOutput:
-    """One box (or the whole volume) of a stage: its record, probabilities and labels on its grid."""
-
-    record: CaseRecord
-    probs: np.ndarray  # float32 (K, z, y, x) on the entry's (padded) grid
-    labels: np.ndarray  # uint8 dataset labels on the same grid, post-processed
-
-
-@dataclass
-class StageOutput:
-    stage: Stage
-    entries: list[EntryOutput]
-    labels: np.ndarray  # uint8 dataset labels on the original grid
-    seconds: float = 0.0
 
 
 @dataclass
@@ -104,37 +81,116 @@ def predict_case(image: VolumeLike, run: LoadedRun | Sequence[LoadedRun], device
     ``auto | fp32 | bf16 | fp16`` (``kitseg.precision``; default auto).
     """
     t0 = time.perf_counter()
+    runs, dev = _runs_on(run, device)
+    prec = resolve_precision(precision, dev)
+    recipe = runs[0].recipe
+    ct = read_volume(image)
+    outputs: dict[str, StageOutput] = {}
+    for stage in recipe.stages:
+        ts = time.perf_counter()
+        per_run = [preprocess_case(ct, None, r.recipe.stage(stage.name).preprocess, r.fingerprint, case_id=case_id,
+                                   roi_from=_roi(stage, outputs, case_id)) for r in runs]
+        entries = []
+        for i, entry in enumerate(_same_grids(stage, runs, per_run)):
+            probs = _ensemble([(r, run_entries[i]) for r, run_entries in zip(runs, per_run)], stage.name, outputs,
+                              dev, tta, timings, prec)
+            labels = apply_stage_ops(labels_from_probabilities(probs, stage.target),
+                                     OpContext(stage, probs, entry.record, ct))
+            entries.append(EntryOutput(entry.record, probs, labels))
+        outputs[stage.name] = StageOutput(stage, entries, labels_on_ct([(e.record, e.labels) for e in entries], ct),
+                                          time.perf_counter() - ts)
+        _log_stage(outputs[stage.name], case_id, timings)
+    result = final_labels(recipe.final, outputs, ct)
+    if timings is not None:
+        timings.total = time.perf_counter() - t0
+    if not return_probabilities:
+        return result
+    return result, _probabilities(recipe.final, outputs, ct)
+
+
+def _runs_on(run: LoadedRun | Sequence[LoadedRun], device) -> tuple[list[LoadedRun], torch.device]:
+    """The runs to ensemble (checked compatible), their models moved to ``device``."""
     runs = [run] if isinstance(run, LoadedRun) else list(run)
     if not runs:
         raise KitsegError("predict_case needs a trained run")
     _check_compatible(runs)
-    recipe = runs[0].recipe
     dev = torch.device(device) if device is not None else runs[0].device
     for r in runs:
         if r.device != dev:
             for models in r.models.values():
                 for m in models:
                     m.to(dev)
-    prec = resolve_precision(precision, dev)
-    ct = read_volume(image)
-    outputs: dict[str, StageOutput] = {}
-    for stage in recipe.stages:
-        ts = time.perf_counter()
-        outputs[stage.name] = _run_stage(stage.name, ct, runs, outputs, dev, tta, case_id, timings, prec)
-        outputs[stage.name].seconds = time.perf_counter() - ts
-        if timings is not None:
-            timings.stages[stage.name] = outputs[stage.name].seconds
-        log.info("%s: stage %s took %.1f s", case_id, stage.name, outputs[stage.name].seconds)
-    labels = final_labels(recipe.final, outputs, ct.shape, ct.affine)
-    result = ct.with_array(np.ascontiguousarray(labels, dtype=np.uint8))
+    return runs, dev
+
+
+def _roi(stage: Stage, outputs: dict[str, StageOutput], case_id: str) -> np.ndarray | None:
+    """The earlier stage's labels that this stage crops around (None: no ROI)."""
+    if not stage.roi_from:
+        return None
+    roi_from = outputs[stage.roi_from].labels.array
+    if not roi_from.any():
+        log.warning("%s: stage %s found no kidney; stage %s runs on the whole volume", case_id, stage.roi_from,
+                    stage.name)
+    return roi_from
+
+
+def _same_grids(stage: Stage, runs: list[LoadedRun], per_run: list[list[Preprocessed]]) -> list[Preprocessed]:
+    """Each run preprocesses with its own spec and fingerprint; their entries must share one grid."""
+    first = per_run[0]
+    for r, run_entries in zip(runs, per_run):
+        if len(run_entries) != len(first) or any(
+                e.record.shape != f.record.shape
+                or not np.allclose(e.record.resample.affine, f.record.resample.affine, atol=1e-4)
+                for e, f in zip(run_entries, first)):
+            raise KitsegError(f"stage {stage.name!r}: the ensembled runs preprocess to different grids", r.run_dir)
+    return first
+
+
+def _ensemble(pairs: list[tuple[LoadedRun, Preprocessed]], name: str, outputs: dict[str, StageOutput],
+              device: torch.device, tta: bool, timings: CaseTimings | None, precision: Precision | None
+              ) -> np.ndarray:
+    """The stage's probabilities on one entry: every run's inputs and models, averaged per model."""
+    probs, weight = None, 0
+    for r, entry in pairs:
+        rstage = r.recipe.stage(name)
+        x = assemble_inputs(entry.image[0], _priors(rstage, entry.record, outputs), rstage)
+        models = r.models[name]
+        p = infer(torch.from_numpy(x), rstage, models, device, tta, timings, precision)
+        probs = p * len(models) if probs is None else probs + p * len(models)
+        weight += len(models)
+    return probs / weight
+
+
+def _priors(stage: Stage, record: CaseRecord, outputs: dict[str, StageOutput]) -> dict[str, np.ndarray]:
+    """Earlier stages' outputs on this entry's grid: masks (nearest) or probabilities (linear)."""
+    out = {}
+    prob_of = {i.stage for i in stage.typed_inputs if i.kind == "prob"}
+    for s in stage.prior_stages:
+        if s in prob_of:
+            p = np.zeros(record.shape, np.float32)
+            for e in outputs[s].entries:
+                fg = foreground_probability(unpadded(e.probs, e.record), outputs[s].stage.target.kind)
+                np.maximum(p, resample_to_grid(fg, e.record.resample.affine, record.shape,
+                                               record.resample.padded_affine), out=p)
+            out[s] = p
+        else:
+            out[s] = (to_entry_grid(outputs[s].labels.array > 0, record) > 0).astype(np.float32)
+    return out
+
+
+def _log_stage(output: StageOutput, case_id: str, timings: CaseTimings | None) -> None:
     if timings is not None:
-        timings.total = time.perf_counter() - t0
-    if not return_probabilities:
-        return result
-    name = probability_stage(recipe.final, outputs)
-    target = outputs[name].stage.target
+        timings.stages[output.stage.name] = output.seconds
+    log.info("%s: stage %s took %.1f s", case_id, output.stage.name, output.seconds)
+
+
+def _probabilities(final, outputs: dict[str, StageOutput], ct: Volume) -> Probabilities:
+    name = probability_stage(final, outputs)
+    output = outputs[name]
+    target = output.stage.target
     classes = (["background"] if target.kind == "softmax" else []) + list(target.classes)
-    return result, Probabilities(probabilities_on_grid(outputs[name], ct.shape, ct.affine), classes, name)
+    array = probabilities_on_ct([(e.record, e.probs) for e in output.entries], target.kind == "softmax", ct)
+    return Probabilities(array, classes, name)
 
 
 def _check_compatible(runs: list[LoadedRun]) -> None:
@@ -164,56 +220,6 @@ def ensemble_note(runs: Sequence[LoadedRun]) -> str | None:
             f"(give more run folders with --model, or train more folds)")
 
 
-def _run_stage(name: str, ct: Volume, runs: list[LoadedRun], outputs: dict[str, StageOutput],
-               device: torch.device, tta: bool, case_id: str, timings: CaseTimings | None,
-               precision: Precision | None = None) -> StageOutput:
-    stage = runs[0].recipe.stage(name)
-    roi_from = None
-    if stage.roi_from:
-        roi_from = outputs[stage.roi_from].labels
-        if not roi_from.any():
-            log.warning("%s: stage %s found no kidney; stage %s runs on the whole volume", case_id, stage.roi_from,
-                        name)
-    # Each run preprocesses with its own spec and fingerprint; their entries must share one grid.
-    per_run = [preprocess_case(ct, None, r.recipe.stage(name).preprocess, r.fingerprint, case_id=case_id,
-                               roi_from=roi_from) for r in runs]
-    entries = []
-    labels_full = np.zeros(ct.shape, dtype=np.uint8)
-    for i, entry in enumerate(per_run[0]):
-        probs, weight = None, 0
-        for r, run_entries in zip(runs, per_run):
-            if len(run_entries) != len(per_run[0]) or run_entries[i].record.shape != entry.record.shape or \
-                    not np.allclose(run_entries[i].record.resample.affine, entry.record.resample.affine, atol=1e-4):
-                raise KitsegError(f"stage {name!r}: the ensembled runs preprocess to different grids", r.run_dir)
-            rstage = r.recipe.stage(name)
-            x = assemble_inputs(run_entries[i].image[0], _priors(rstage, entry.record, outputs), rstage)
-            models = r.models[name]
-            p = infer(torch.from_numpy(x), rstage, models, device, tta, timings, precision)
-            probs = p * len(models) if probs is None else probs + p * len(models)
-            weight += len(models)
-        probs /= weight
-        labels = _labels(probs, stage, ct, entry.record)
-        paste_labels(unpadded(labels, entry.record), entry.record.resample.affine, labels_full, ct.affine)
-        entries.append(EntryOutput(entry.record, probs, labels))
-    return StageOutput(stage, entries, labels_full)
-
-
-def _priors(stage: Stage, record: CaseRecord, outputs: dict[str, StageOutput]) -> dict[str, np.ndarray]:
-    """Earlier stages' outputs on this entry's grid: masks (nearest) or probabilities (linear)."""
-    out = {}
-    for s in prior_stages(stage):
-        if f"prob:{s}" in stage.inputs:
-            p = np.zeros(record.shape, np.float32)
-            for e in outputs[s].entries:
-                fg = foreground_probability(unpadded(e.probs, e.record), outputs[s].stage.target.kind)
-                np.maximum(p, resample_to_grid(fg, e.record.resample.affine, record.shape,
-                                               record.resample.padded_affine), out=p)
-            out[s] = p
-        else:
-            out[s] = (to_entry_grid(outputs[s].labels > 0, record) > 0).astype(np.float32)
-    return out
-
-
 def flips_for(stage: Stage, dims: int) -> list[tuple[int, ...]]:
     """Mirroring TTA flips: the training flip axes (all axes when training flipped none), nnU-Net style."""
     axes = stage.augmentation.flip_axes or [0, 1, 2]
@@ -224,7 +230,7 @@ def flips_for(stage: Stage, dims: int) -> list[tuple[int, ...]]:
 
 def infer(x: torch.Tensor, stage: Stage, models, device: torch.device, tta: bool = False,
           timings: CaseTimings | None = None, precision: Precision | None = None) -> np.ndarray:
-    """The stage's inference scheme on one input (C, z, y, x) -> probabilities (K, z, y, x) float32."""
+    """The stage's inference mode on one input (C, z, y, x) -> probabilities (K, z, y, x) float32."""
     from kitseg.nets import required_divisor
 
     net = models[0]
@@ -233,28 +239,9 @@ def infer(x: torch.Tensor, stage: Stage, models, device: torch.device, tta: bool
     tta = tta or stage.inference.tta
     predictor = EnsemblePredictor(models, stage.target.kind, flips_for(stage, dims) if tta else [()],
                                   precision=precision)
-    spec, patch = stage.inference, stage.patch_size
     counter = _Counter()
-    kw = dict(device=device, divisor=divisor, progress=counter)
-    if dims == 2:
-        in_plane = list(patch[-2:]) if patch and spec.mode == "sliding_window" else None
-        out = variants.slices25d(x, predictor, int(getattr(net, "context_slices", 1)), in_plane=in_plane,
-                                 overlap=spec.overlap, batch_size=max(1, spec.batch_size), **kw)
-    elif (spec.mode == "whole" or patch is None) and (patch is None or x[0].numel() <= WHOLE_MAX_VOXELS):
-        out = variants.whole(x, predictor, min_size=patch, **kw)
-    elif spec.mode == "whole":  # too large for one pass (a whole-body scan): Gaussian windows of the patch
-        out = sliding_window(x, predictor, patch, spec.overlap, sw_batch_size=spec.batch_size, **kw)
-    elif spec.mode == "sliding_window":
-        out = sliding_window(x, predictor, patch, spec.overlap, weights="gaussian" if spec.gaussian else "constant",
-                             sw_batch_size=spec.batch_size, **kw)
-    elif spec.mode == "z_windows":
-        window = spec.window or patch[0]
-        out = variants.z_windows(x, predictor, window, spec.stride or window // 2,
-                                 spec.keep or (window // 4, window - window // 4), patch[1:], **kw)
-    elif spec.mode == "majority_vote":
-        out = variants.majority_vote(x, predictor, spec.window or patch[0], spec.stride, patch[1:], **kw)
-    else:
-        raise KitsegError(f"stage {stage.name!r}: inference mode {spec.mode!r} needs a 2D (2.5D) network")
+    out = INFERENCE_MODES.get(mode_of(stage, dims))(x, stage, predictor, net, device=device, divisor=divisor,
+                                                    progress=counter)
     if timings is not None:
         timings.windows[stage.name] = timings.windows.get(stage.name, 0) + counter.total
     return np.ascontiguousarray(out.float().numpy())
@@ -268,41 +255,4 @@ class _Counter:
         self.total = total
 
 
-def _labels(probs: np.ndarray, stage: Stage, ct: Volume, record: CaseRecord) -> np.ndarray:
-    """Dataset labels of one entry from its probabilities, then the stage's post-processing steps."""
-    from kitseg.postprocessing import OPS, dense_crf, kidneys_by_side
-
-    target = stage.target
-    classes = probs.argmax(0) if target.kind == "softmax" else probs > 0.5
-    labels = classes_to_labels(classes, target)
-    for step in stage.postprocess:
-        params = dict(step.params)
-        if step.op == "crf":
-            if target.kind != "softmax":
-                raise KitsegError(f"stage {stage.name!r}: the CRF post-processing needs softmax probabilities")
-            hu = _raw_ct(ct, record)
-            spacing = np.linalg.norm(np.asarray(record.resample.affine)[:3, :3], axis=0)
-            labels = classes_to_labels(dense_crf(probs, hu, spacing, **params), target)
-        elif step.op == "kidneys_by_side":  # needs the CT (the body's midline) and the grid's geometry
-            params.setdefault("foreground", foreground_labels(target))
-            labels = kidneys_by_side(labels, _raw_ct(ct, record), record.resample.padded_affine, **params)
-        elif step.op == "largest_components":
-            params.setdefault("foreground", foreground_labels(target))
-            labels = OPS[step.op](labels, **params)
-        else:
-            labels = OPS[step.op](labels, **params)
-    return np.ascontiguousarray(labels, dtype=np.uint8)
-
-
-def _raw_ct(ct: Volume, record: CaseRecord) -> np.ndarray:
-    """The CT in HU on an entry's grid (the CRF's appearance term)."""
-    from kitseg.preprocessing.resample import resample_array
-
-    arr = ct.array[record.crop.slices] if record.crop is not None else ct.array
-    res = record.resample
-    arr = resample_array(arr, res.shape, "linear") if tuple(arr.shape) != tuple(res.shape) else arr.astype(np.float32)
-    return np.pad(arr, res.pad, mode="edge") if any(a or b for a, b in res.pad) else arr
-
-
-__all__ = ["CaseTimings", "EntryOutput", "Probabilities", "StageOutput", "ensemble_note", "flips_for", "infer",
-           "predict_case"]
+__all__ = ["CaseTimings", "Probabilities", "ensemble_note", "flips_for", "infer", "predict_case"]

@@ -31,8 +31,8 @@ from kitseg.datasets import find_images
 from kitseg.errors import KitsegError
 from kitseg.export import FORMATS, write_labels
 from kitseg.inference.cascade import Probabilities, predict_case
-from kitseg.inference.run import LoadedRun
 from kitseg.io import read_header
+from kitseg.stages.loaded_run import LoadedRun
 from kitseg.volume import Volume, reorient
 
 log = logging.getLogger(__name__)

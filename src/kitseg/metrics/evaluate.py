@@ -25,8 +25,7 @@ from kitseg.errors import KitsegError
 from kitseg.io import check_same_grid, is_image_file, read_label
 from kitseg.metrics.overlap import detection, kits19_case_scores, volumes_ml
 from kitseg.metrics.surface import kits_tolerances, region_scores
-from kitseg.postprocessing.components import bbox
-from kitseg.volume import Volume
+from kitseg.volume import Volume, bbox
 
 SCHEMA_VERSION = 1
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from kitseg.errors import KitsegError
 from kitseg.metrics.tumors import tumor_components
-from kitseg.postprocessing.components import bbox
+from kitseg.volume import bbox
 
 
 def in_labels(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:

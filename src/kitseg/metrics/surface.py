@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 
 from kitseg.errors import KitsegError
 from kitseg.metrics.overlap import dice, in_labels
-from kitseg.postprocessing.components import bbox
+from kitseg.volume import bbox
 
 # KiTS tolerances in mm per hierarchical evaluation class (kits21/kits23 evaluation configuration).
 KITS_TOLERANCES_MM: dict[str, dict[str, float]] = {

@@ -6,7 +6,8 @@
 - :func:`tunet_algorithm1` and :func:`region_grow` (TuNet Algorithm 1): ``tunet.py``.
 - :func:`dense_crf` (3D FCN-PPM section II.B; optional ``pydensecrf2``): ``crf.py``.
 
-``OPS`` maps the names recipes use (``PostStep.op``) to the label-map functions.
+The names recipes use (``PostStep.op``) are registered in ``kitseg.registry.STAGE_OPS``
+(implemented in ``kitseg.stages.ops``).
 """
 
 from kitseg.postprocessing.components import (
@@ -21,15 +22,7 @@ from kitseg.postprocessing.components import (
 from kitseg.postprocessing.crf import dense_crf
 from kitseg.postprocessing.tunet import region_grow, tunet_algorithm1
 
-# Recipe op name -> function(labels, **params) -> labels (uint8). "crf" works on probabilities: call dense_crf.
-OPS = {
-    "largest_components": filter_components_multiclass,
-    "median": median_filter3,
-    "tumor_in_kidney": tumor_inside_kidney,
-}
-
 __all__ = [
-    "OPS",
     "bbox",
     "dense_crf",
     "filter_components_multiclass",

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from kitseg.errors import KitsegError
+from kitseg.volume import bbox
 
 CONNECTIVITIES = (6, 18, 26)
 
@@ -29,19 +30,6 @@ CONNECTIVITIES = (6, 18, 26)
 def _check_connectivity(connectivity: int) -> None:
     if connectivity not in CONNECTIVITIES:
         raise KitsegError(f"connectivity must be 6, 18 or 26 (3D face/edge/corner neighbours), got {connectivity}")
-
-
-def bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """Bounding box of the non-zero voxels of ``mask`` grown by ``margin`` (clipped), or None if empty."""
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(np.any(mask, axis=other))
-        if hit.size == 0:
-            return None
-        lo, hi = max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])
-        slices.append(slice(lo, hi))
-    return tuple(slices)
 
 
 def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, np.ndarray]:

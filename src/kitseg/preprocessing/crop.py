@@ -1,7 +1,7 @@
-"""Bounding boxes, crops and their exact inverse (pasting back onto the original grid).
+"""Bounding boxes and crops.
 
 ``crop`` returns the cropped Volume, whose affine places every voxel exactly where it was, and a
-`CropRecord`; ``paste(pred, record)`` puts a prediction made on the crop back onto the full grid.
+`CropRecord`; ``kitseg.stages.grid.paste(pred, record)`` puts a prediction made on the crop back onto the full grid.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from kitseg.errors import KitsegError
 from kitseg.preprocessing.records import CropRecord, _affine_list
-from kitseg.volume import Volume
+from kitseg.volume import Volume, bbox
 
 BBox = tuple[slice, slice, slice]
 
@@ -45,10 +45,8 @@ def bbox_from_mask(mask: np.ndarray, spacing: Sequence[float], margin_mm: float 
         return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
     margin = _margin_vox(spacing, margin_mm)
     box = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=others))
-        start, stop = int(hit[0]) - margin[axis], int(hit[-1]) + 1 + margin[axis]
+    for axis, tight in enumerate(bbox(mask)):
+        start, stop = tight.start - margin[axis], tight.stop + margin[axis]
         if min_shape is not None and stop - start < min_shape[axis]:
             grow = min_shape[axis] - (stop - start)
             start -= grow // 2
@@ -117,20 +115,6 @@ def crop(vol: Volume, bbox: Sequence[slice]) -> tuple[Volume, CropRecord]:
     return Volume(arr, aff, vol.source), record
 
 
-def paste(pred: np.ndarray | Volume, record: CropRecord, fill: float = 0) -> np.ndarray:
-    """Put a prediction made on a crop back onto the original full grid (exact inverse of ``crop``).
-
-    ``pred`` is (z, y, x) or (C, z, y, x) with the crop's shape; outside the box the result is
-    ``fill``. The dtype is kept.
-    """
-    arr = pred.array if isinstance(pred, Volume) else np.asarray(pred)
-    if tuple(arr.shape[-3:]) != record.shape:
-        raise KitsegError(f"prediction shape {arr.shape} does not match the crop's {record.shape}")
-    out = np.full(arr.shape[:-3] + tuple(record.original_shape), fill, dtype=arr.dtype)
-    out[(Ellipsis, *record.slices)] = arr
-    return out
-
-
 def _check_bbox(bbox: Sequence[slice], shape: Sequence[int]) -> BBox:
     if len(bbox) != 3:
         raise KitsegError(f"a crop box has 3 slices (z, y, x), got {len(bbox)}")
@@ -143,4 +127,4 @@ def _check_bbox(bbox: Sequence[slice], shape: Sequence[int]) -> BBox:
     return tuple(out)  # type: ignore[return-value]
 
 
-__all__ = ["BBox", "CropRecord", "bbox_from_mask", "crop", "kidney_boxes", "label_counts", "paste"]
+__all__ = ["BBox", "CropRecord", "bbox_from_mask", "crop", "kidney_boxes", "label_counts"]

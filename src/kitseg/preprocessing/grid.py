@@ -7,7 +7,7 @@ of the first and last voxel boxes coincide (torch's ``align_corners=False``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -59,3 +59,19 @@ def shape_for_spacing(shape: Sequence[int], spacing: Sequence[float],
     """nnU-Net's rule ``round(n * spacing / target)`` per axis (at least 1); None keeps the axis."""
     return tuple(int(n) if t is None else max(1, int(round(n * s / t)))  # type: ignore[return-value]
                  for n, s, t in zip(shape, spacing, target))
+
+
+def argmax_of(maps: Iterable[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The per-label argmax after interpolation (nnU-Net): for (value, map) pairs, the value of the
+    largest map at each voxel (the first on ties) as uint8, and that largest map (float32)."""
+    best_p = best = None
+    for value, p in maps:
+        if best is None:
+            best_p, best = np.array(p, dtype=np.float32), np.full(p.shape, value, dtype=np.uint8)
+        else:
+            win = p > best_p
+            best[win] = value
+            np.maximum(best_p, p, out=best_p)
+    if best is None:
+        raise ValueError("argmax_of needs at least one map")
+    return best, best_p

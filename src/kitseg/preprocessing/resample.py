@@ -1,4 +1,4 @@
-"""Resampling to a target spacing or shape, and restoring predictions to the original grid exactly.
+"""Resampling to a target spacing or shape (its exact inverse, ``restore``, is in ``kitseg.stages.grid``).
 
 Grid convention: field of view preserved. The outer faces of the voxel boxes of the old and new
 grids coincide (``new_shape * new_spacing == old_shape * old_spacing`` per axis), so output voxel
@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from kitseg.errors import KitsegError
-from kitseg.preprocessing.grid import _taps, grid_affine, is_anisotropic, shape_for_spacing
+from kitseg.preprocessing.grid import _taps, argmax_of, grid_affine, is_anisotropic, shape_for_spacing
 from kitseg.preprocessing.records import ResampleRecord, _affine_list
 from kitseg.volume import Volume
 
@@ -129,16 +129,7 @@ def _nearest(arr: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
 
 def _label_chunk(src: np.ndarray, plan: _Plan, labels: Sequence[int], k0: int, k1: int) -> np.ndarray:
     """Output slices k0..k1 of a label map by per-label linear interpolation and argmax (nnU-Net)."""
-    best_p = best = None
-    for c in labels:
-        p = _chunk_float(_slices_of(src, c), plan, k0, k1)
-        if best is None:
-            best_p, best = p, np.full(p.shape, c, dtype=np.uint8)
-        else:
-            win = p > best_p
-            best[win] = c
-            np.maximum(best_p, p, out=best_p)
-    return best
+    return argmax_of((c, _chunk_float(_slices_of(src, c), plan, k0, k1)) for c in labels)[0]
 
 
 def resample_array(arr: np.ndarray, out_shape: Sequence[int], order: Order = "linear", *,
@@ -183,7 +174,7 @@ def resample(vol: Volume, spacing: Sequence[float | None] | None = None, shape: 
 
     ``None`` entries keep that axis. The field of view is kept (module docstring); the exact new
     spacing is ``n_old * sp_old / n_new``. ``pad_to`` pads with ``pad_value`` (0 for labels),
-    centred (TuNet 3.4). Returns the new Volume and the record that ``restore`` inverts.
+    centred (TuNet 3.4). Returns the new Volume and the record that ``kitseg.stages.grid.restore`` inverts.
     """
     if (spacing is None) == (shape is None):
         raise KitsegError("resample needs exactly one of spacing= or shape=")
@@ -210,73 +201,5 @@ def resample(vol: Volume, spacing: Sequence[float | None] | None = None, shape: 
     return Volume(arr, record.padded_affine, vol.source), record
 
 
-def _unpad(arr: np.ndarray, record: ResampleRecord) -> np.ndarray:
-    shape = tuple(arr.shape[-3:])
-    if shape == record.padded_shape:
-        sl = tuple(slice(a, a + n) for (a, _), n in zip(record.pad, record.shape))
-        return arr[(Ellipsis, *sl)]
-    if shape == record.shape:
-        return arr
-    raise KitsegError(f"array of shape {arr.shape} does not match the resampled grid {record.padded_shape}")
-
-
-def restore(arr_or_vol: np.ndarray | Volume, record: ResampleRecord, order: Order = "linear", *,
-            labels: Sequence[int] | None = None, dtype=None) -> Volume | np.ndarray:
-    """Bring a prediction on the resampled grid back to the original grid exactly (shape and affine).
-
-    ``arr_or_vol``: a (z, y, x) Volume/array -> a Volume with ``record.original_affine``; a
-    (C, z, y, x) probability array -> an array (C, *original_shape), one channel at a time
-    (``dtype=np.float16`` halves its memory). Use "nearest"/"linear_per_label" for label maps and
-    `restore_argmax` to get labels from probabilities without the full-size float maps.
-    """
-    source = arr_or_vol.source if isinstance(arr_or_vol, Volume) else None
-    arr = _unpad(arr_or_vol.array if isinstance(arr_or_vol, Volume) else np.asarray(arr_or_vol), record)
-    target = tuple(record.original_shape)
-    affine = np.array(record.original_affine)
-    if arr.ndim == 3:
-        res = arr.copy() if arr.shape == target else resample_array(
-            arr, target, order, anisotropic=record.anisotropic, labels=labels)
-        return Volume(res if dtype is None else res.astype(dtype, copy=False), affine, source)
-    if arr.ndim != 4:
-        raise KitsegError(f"restore takes (z, y, x) or (C, z, y, x) arrays, got shape {arr.shape}")
-    out = np.empty((arr.shape[0],) + target, dtype=dtype or (np.float32 if order in ("linear", "cubic")
-                                                             else arr.dtype))
-    for c in range(arr.shape[0]):
-        out[c] = arr[c] if arr.shape[1:] == target else resample_array(
-            arr[c], target, order, anisotropic=record.anisotropic, labels=labels)
-    return out
-
-
-def restore_argmax(probs: np.ndarray, record: ResampleRecord, order: Literal["linear", "cubic"] = "linear",
-                   values: Sequence[int] | None = None) -> np.ndarray:
-    """Labels on the original grid from (C, z, y, x) probabilities, one chunk of slices at a time.
-
-    Each channel is interpolated to the original grid and the argmax taken per chunk, so memory
-    stays at the uint8 output plus a few chunks (the full-size float maps are never built).
-    ``values[c]`` is the label written for channel c (default c).
-    """
-    probs = _unpad(np.asarray(probs), record)
-    if probs.ndim != 4:
-        raise KitsegError(f"restore_argmax takes (C, z, y, x) probabilities, got shape {probs.shape}")
-    values = list(range(probs.shape[0])) if values is None else list(values)
-    target = tuple(record.original_shape)
-    plan = _plan(probs.shape[1:], target, order, record.anisotropic)
-    srcs = [_slices_of(probs[c]) for c in range(probs.shape[0])]
-    out = np.empty(target, dtype=np.uint8)
-    for k0 in range(0, target[0], plan.chunk):
-        k1 = min(target[0], k0 + plan.chunk)
-        best_p = best = None
-        for c, src in enumerate(srcs):
-            p = _chunk_float(src, plan, k0, k1)
-            if best is None:
-                best_p, best = p.copy(), np.full(p.shape, values[c], dtype=np.uint8)
-            else:
-                win = p > best_p
-                best[win] = values[c]
-                np.maximum(best_p, p, out=best_p)
-        out[k0:k1] = best
-    return out
-
-
 __all__ = ["ORDERS", "Order", "ResampleRecord", "grid_affine", "is_anisotropic", "resample", "resample_array",
-           "restore", "restore_argmax", "shape_for_spacing"]
+           "shape_for_spacing"]

@@ -1,7 +1,7 @@
 """What a stage's preprocessing does, as pure data: `PreprocessSpec`, `IntensitySpec`, `RoiSpec`.
 
 A recipe embeds one `PreprocessSpec` per stage. The order of operations is fixed
-(`kitseg.preprocessing.cache.preprocess_case`):
+(`kitseg.preprocessing.pipeline.preprocess_case`):
 
 1. ROI crop (``roi``), in the original grid, around the kidney (ground truth when training,
    the previous stage's prediction at inference);

@@ -17,14 +17,14 @@ import yaml
 from pydantic import ValidationError
 
 from kitseg.errors import KitsegError
+from kitseg.recipes.profiles import PROFILES, generic_tiny
 from kitseg.recipes.schema import Recipe, Stage
 
 RECIPE_DIR = Path(__file__).parent
 DEFAULT_RECIPE = "kitseg_cascade"
-PROFILES = ("paper", "tiny", "cpu")  # paper: the recipe as written
 
 __all__ = ["DEFAULT_RECIPE", "PROFILES", "Recipe", "Stage", "apply_overrides", "list_recipes", "load_recipe",
-           "recipe_path"]
+           "parse_overrides", "recipe_path"]
 
 
 def list_recipes() -> list[str]:
@@ -46,7 +46,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
     """Load, override and validate a recipe. Order: file, variant, profile, then --set overrides.
 
     ``profile``: ``paper`` (or None: the recipe as written), ``tiny`` (the recipe's ``tiny``
-    section, or ``kitseg.training.run.generic_tiny`` when it has none) or ``cpu`` (the recipe's
+    section, or ``kitseg.recipes.profiles.generic_tiny`` when it has none) or ``cpu`` (the recipe's
     ``cpu`` section). ``tiny=True`` is the older spelling of ``profile="tiny"``."""
     if tiny:
         if profile not in (None, "tiny"):
@@ -74,23 +74,25 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
     if profile == "tiny":
         shrink = data.get("tiny")
         if not shrink:  # no tiny section: every network's tiny parameters, 2 short epochs, small patches
-            from kitseg.training.run import generic_tiny
-
             shrink = generic_tiny(validate_recipe(data, path))
         data = apply_overrides(data, shrink, path)
-    if isinstance(overrides, dict):
-        items = overrides
-    else:
-        items = {}
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise KitsegError(f"override {item!r} must look like key=value", path)
-            items[key.strip()] = yaml.safe_load(value)
+    items = overrides if isinstance(overrides, dict) else parse_overrides(overrides, path)
     data = apply_overrides(data, items, path)
     if profile not in (None, "paper"):
         data["profile"] = profile
     return validate_recipe(data, path)
+
+
+def parse_overrides(items, path: Path | str | None = None) -> dict[str, Any]:
+    """``["key=value", ...]`` (``kitseg train --set``) -> {dotted key: YAML value}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise KitsegError(f"--set {item!r} must look like key=value (e.g. stages.segment.optimizer.lr=1e-4)",
+                              path)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def validate_recipe(data: dict, path: Path | str | None = None) -> Recipe:

@@ -13,13 +13,54 @@ paper. ``docs/METHODS.md`` is generated from them (``kitseg recipes --markdown``
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from kitseg.errors import KitsegError
 from kitseg.preprocessing.spec import PreprocessSpec
+from kitseg.registry import FINAL_OPS, INFERENCE_MODES, LOSSES, SAMPLERS, STAGE_OPS, Registry
 
 SCHEMA_VERSION = 1
+
+
+def _registered(registry: Registry):
+    """A str field whose value must be a name of ``registry`` (the error lists the known names)."""
+    def check(name: str) -> str:
+        try:
+            return registry.check(name)
+        except KitsegError as exc:
+            raise ValueError(str(exc)) from None
+    return Annotated[str, AfterValidator(check)]
+
+
+class StageInput(str):
+    """One input channel of a stage, written ``ct`` or ``<kind>:<stage>`` in a recipe.
+
+    ``kind``: ``ct`` (the normalized CT), or an earlier stage's output: ``mask`` (its foreground),
+    ``prob`` (its foreground probability) or ``masked_ct`` (the CT inside its foreground).
+    ``stage``: that earlier stage (None for ``ct``). It is a ``str`` so that recipes and run folders
+    keep the text form; the text is parsed here only.
+    """
+
+    KINDS = ("ct", "mask", "prob", "masked_ct")
+    kind: str
+    stage: str | None
+
+    def __new__(cls, text: str) -> StageInput:
+        kind, _, ref = str(text).partition(":")
+        if kind not in cls.KINDS or (kind == "ct") == bool(ref):
+            raise ValueError(f"input {text!r}: use 'ct', 'masked_ct:<stage>', 'mask:<stage>' or 'prob:<stage>'")
+        obj = super().__new__(cls, text)
+        obj.kind, obj.stage = kind, ref or None
+        return obj
+
+    @classmethod
+    def of(cls, kind: str, stage: str | None = None) -> StageInput:
+        return cls(kind if stage is None else f"{kind}:{stage}")
+
+
+StageInputText = Annotated[str, AfterValidator(StageInput)]
 
 
 class _Strict(BaseModel):
@@ -64,7 +105,7 @@ class DeepSupervisionSpec(_Strict):
 
 
 class LossSpec(_Strict):
-    name: Literal["dice_ce", "dice", "ce", "weighted_ce", "focal_dice", "region_dice", "bce_dice"] = "dice_ce"
+    name: _registered(LOSSES) = "dice_ce"  # type: ignore[valid-type]
     params: dict[str, Any] = Field(default_factory=dict)
     deep_supervision: DeepSupervisionSpec | None = None
 
@@ -91,7 +132,7 @@ class ScheduleSpec(_Strict):
 class SamplerSpec(_Strict):
     """How training inputs are drawn from the cached cases."""
 
-    name: Literal["patch", "slices", "whole"] = "patch"
+    name: _registered(SAMPLERS) = "patch"  # type: ignore[valid-type]
     foreground_fraction: float = Field(0.33, ge=0, le=1)  # nnU-Net's 1/3
     kidney_slice_oversampling: float = Field(1.0, ge=1)  # slices sampler: ResUNet paper x50
     hard_case: bool = False  # draw cases with high loss / many false positives more often
@@ -121,7 +162,7 @@ class AugmentSpec(_Strict):
 
 
 class InferenceSpec(_Strict):
-    mode: Literal["sliding_window", "majority_vote", "z_windows", "slices25d", "whole"] = "sliding_window"
+    mode: _registered(INFERENCE_MODES) = "sliding_window"  # type: ignore[valid-type]
     overlap: float = Field(0.5, ge=0, lt=1)
     gaussian: bool = True
     window: int | None = None  # z_windows / majority_vote: slices per window
@@ -132,7 +173,7 @@ class InferenceSpec(_Strict):
 
 
 class PostStep(_Strict):
-    op: Literal["largest_components", "kidneys_by_side", "median", "tumor_in_kidney", "crf"]
+    op: _registered(STAGE_OPS)  # type: ignore[valid-type]
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -140,7 +181,7 @@ class Stage(_Strict):
     name: str
     description: str = ""
     network: NetworkSpec
-    inputs: list[str] = Field(default_factory=lambda: ["ct"])  # "ct", "mask:<stage>", "prob:<stage>"
+    inputs: list[StageInputText] = Field(default_factory=lambda: [StageInput("ct")])  # StageInput
     target: TargetSpec
     preprocess: PreprocessSpec
     # The earlier stage whose foreground defines this stage's ROI (``preprocess.roi``: margin,
@@ -167,11 +208,17 @@ class Stage(_Strict):
         if (self.roi_from is None) != (self.preprocess.roi is None):
             raise ValueError("a stage with preprocess.roi needs roi_from (the stage that locates the ROI), "
                              "and roi_from needs preprocess.roi")
-        for item in self.inputs:
-            kind, _, ref = item.partition(":")
-            if kind not in ("ct", "mask", "prob", "masked_ct") or (kind in ("mask", "prob") and not ref):
-                raise ValueError(f"input {item!r}: use 'ct', 'masked_ct:<stage>', 'mask:<stage>' or 'prob:<stage>'")
         return self
+
+    @property
+    def typed_inputs(self) -> list[StageInput]:
+        """``inputs`` as `StageInput`s (also when a copy was made without validation)."""
+        return [StageInput(i) for i in self.inputs]
+
+    @property
+    def prior_stages(self) -> list[str]:
+        """The earlier stages whose output this stage takes as input (sorted)."""
+        return sorted({i.stage for i in self.typed_inputs if i.stage is not None})
 
     @property
     def in_channels(self) -> int:
@@ -187,7 +234,7 @@ class FinalSpec(_Strict):
     sigmoid outputs, multiplied by ``mask_stage``.
     """
 
-    op: Literal["argmax", "merge", "tunet_algorithm1"] = "argmax"
+    op: _registered(FINAL_OPS) = "argmax"  # type: ignore[valid-type]
     stage: str | None = None
     kidney_stage: str | None = None
     tumor_stage: str | None = None
@@ -219,12 +266,12 @@ class Recipe(_Strict):
             raise ValueError(f"stage names must be unique, got {names}")
         for i, s in enumerate(self.stages):
             earlier = names[:i]
-            refs = [inp.partition(":")[2] for inp in s.inputs if ":" in inp]
+            refs = list(s.prior_stages)
             if s.roi_from:
                 refs.append(s.roi_from)
             if s.train_with:
                 refs.append(s.train_with)
-                if f"prob:{s.train_with}" not in s.inputs:
+                if StageInput.of("prob", s.train_with) not in s.inputs:
                     raise ValueError(f"stage {s.name!r} trains with {s.train_with!r} and needs the input "
                                      f"'prob:{s.train_with}'")
             for ref in refs:

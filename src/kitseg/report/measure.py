@@ -24,9 +24,8 @@ from pydantic import BaseModel, ConfigDict
 from scipy import ndimage
 
 from kitseg.metrics.tumors import tumor_components
-from kitseg.postprocessing.components import bbox
 from kitseg.stats import body_midline_x, max_feret_diameter_mm
-from kitseg.volume import Volume
+from kitseg.volume import Volume, bbox
 
 
 class Measurements(BaseModel):

@@ -81,7 +81,7 @@ def joint_record(first: Stage, later: Stage) -> dict:
     return {"name": JOINT, "in_channels": first.in_channels, "out_channels": len(first.target.classes)
             + len(later.target.classes), "params": {"first": network_record(first), "second": network_record(later),
                                                      "first_kind": first.target.kind, "first_name": first.name,
-                                                     "second_inputs": list(later.inputs)}}
+                                                     "second_inputs": [str(i) for i in later.inputs]}}
 
 
 def build_joint(record: dict) -> JointCascade:
@@ -96,7 +96,7 @@ def build_joint(record: dict) -> JointCascade:
 
 def export_split(joint_dir: Path, run_dir: Path, first: Stage, later: Stage, fold: int) -> list[Path]:
     """Write the joint checkpoints' two networks as ordinary checkpoints of ``first`` and ``later``."""
-    from kitseg.training.checkpoint import BEST, LAST, fold_dir, load_checkpoint, save_checkpoint
+    from kitseg.stages.checkpoint import BEST, LAST, fold_dir, load_checkpoint, save_checkpoint
     from kitseg.training.loop import network_record
 
     written = []

@@ -27,8 +27,7 @@ from kitseg.errors import KitsegError
 from kitseg.losses import Loss, build_loss
 from kitseg.precision import Precision, as_float, resolve_precision
 from kitseg.recipes.schema import Stage, TargetSpec
-from kitseg.training import logs
-from kitseg.training.checkpoint import (
+from kitseg.stages.checkpoint import (
     BEST,
     FORMAT,
     LAST,
@@ -38,6 +37,7 @@ from kitseg.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from kitseg.training import logs
 from kitseg.training.data import Batch, TrainBatches, validation_batches
 from kitseg.training.distributed import (
     SINGLE,

@@ -30,9 +30,10 @@ import torch
 
 from kitseg.errors import KitsegError
 from kitseg.recipes.schema import AugmentSpec, SamplerSpec, Stage, TargetSpec
+from kitseg.registry import SAMPLERS
+from kitseg.stages.inputs import assemble_inputs, background_value, priors_from_label
+from kitseg.stages.targets import make_target
 from kitseg.training import augment as aug
-from kitseg.training.inputs import assemble_inputs, background_value, priors_from_label
-from kitseg.training.targets import make_target
 
 MAX_LOCATIONS = 10_000  # foreground voxels remembered per class and case (as nnU-Net)
 HARDNESS_MOMENTUM = 0.5  # running mean of a case's loss / false positives: 0.5 old + 0.5 new
@@ -131,6 +132,57 @@ def _start_range(size: int, patch: int) -> tuple[int, int]:
     return min(0, size - patch), max(0, size - patch)
 
 
+# ---- where a box is centred, per sampler (registered in kitseg.registry.SAMPLERS) -------------------
+def whole_center(sampler: Sampler, case: TrainCase, force_fg: bool | None = None
+                 ) -> tuple[tuple[int, int, int], bool]:
+    """The whole (padded) volume; for a 2D network: whole slices, drawn as the slices sampler does."""
+    if sampler.geometry.dims == 3:
+        return tuple(b // 2 for b in sampler.geometry.box(case)), False  # type: ignore[return-value]
+    return slice_center(sampler, case, force_fg)
+
+
+def slice_center(sampler: Sampler, case: TrainCase, force_fg: bool | None = None
+                 ) -> tuple[tuple[int, int, int], bool]:
+    """A slice drawn with kidney slices oversampled (ResUNet paper x50), a random in-plane position."""
+    g, rng = sampler.geometry, sampler.rng
+    shape = case.image.shape
+    box = g.box(case)
+    w = np.where(case.fg_slices, sampler.spec.kidney_slice_oversampling, 1.0)
+    z = int(rng.choice(shape[0], p=w / w.sum()))
+    if g.dims == 2:
+        cz = z
+    else:
+        lo, hi = _start_range(shape[0], box[0])
+        cz = int(np.clip(z - rng.integers(0, box[0]), lo, hi)) + box[0] // 2
+    if g.mode == "whole":  # 2D network on whole slices
+        in_plane = [b // 2 for b in box[1:]]
+    else:
+        in_plane = [int(rng.integers(*(np.add(_start_range(s, b), (0, 1))))) + b // 2
+                    for s, b in zip(shape[1:], box[1:])]
+    return (cz, *in_plane), bool(case.fg_slices[z])  # type: ignore[return-value]
+
+
+def patch_center(sampler: Sampler, case: TrainCase, force_fg: bool | None = None
+                 ) -> tuple[tuple[int, int, int], bool]:
+    """A patch around a foreground voxel with probability ``foreground_fraction`` (nnU-Net), else anywhere."""
+    rng = sampler.rng
+    shape = case.image.shape
+    box = sampler.geometry.box(case)
+    present = [k for k, loc in enumerate(case.locations) if len(loc)]
+    want_fg = rng.random() < sampler.spec.foreground_fraction if force_fg is None else force_fg
+    if want_fg and present:
+        loc = case.locations[present[int(rng.integers(len(present)))]]
+        voxel = loc[int(rng.integers(len(loc)))]
+        center = []
+        for v, s, b in zip(voxel, shape, box):
+            lo, hi = _start_range(s, b)
+            center.append(int(np.clip(int(v) - b // 2, lo, hi)) + b // 2)
+        return tuple(center), True  # type: ignore[return-value]
+    center = [int(rng.integers(lo, hi + 1)) + b // 2
+              for (lo, hi), b in ((_start_range(s, b), b) for s, b in zip(shape, box))]
+    return tuple(center), False  # type: ignore[return-value]
+
+
 class Sampler:
     """Draws ``Draw``s; its whole state (numpy bit generator, hardness) goes into checkpoints."""
 
@@ -181,39 +233,8 @@ class Sampler:
         return out
 
     def _center(self, case: TrainCase, force_fg: bool | None = None) -> tuple[tuple[int, int, int], bool]:
-        g, rng = self.geometry, self.rng
-        shape = case.image.shape
-        box = g.box(case)
-        if g.mode == "whole" and g.dims == 3:
-            return tuple(b // 2 for b in box), False  # start at voxel 0
-        if g.mode in ("slices", "whole"):
-            w = np.where(case.fg_slices, self.spec.kidney_slice_oversampling, 1.0)
-            z = int(rng.choice(shape[0], p=w / w.sum()))
-            if g.dims == 2:
-                cz = z
-            else:
-                lo, hi = _start_range(shape[0], box[0])
-                cz = int(np.clip(z - rng.integers(0, box[0]), lo, hi)) + box[0] // 2
-            if g.mode == "whole":  # 2D network on whole slices
-                in_plane = [b // 2 for b in box[1:]]
-            else:
-                in_plane = [int(rng.integers(*(np.add(_start_range(s, b), (0, 1))))) + b // 2
-                            for s, b in zip(shape[1:], box[1:])]
-            return (cz, *in_plane), bool(case.fg_slices[z])  # type: ignore[return-value]
-        # patch mode
-        present = [k for k, loc in enumerate(case.locations) if len(loc)]
-        want_fg = rng.random() < self.spec.foreground_fraction if force_fg is None else force_fg
-        if want_fg and present:
-            loc = case.locations[present[int(rng.integers(len(present)))]]
-            voxel = loc[int(rng.integers(len(loc)))]
-            center = []
-            for v, s, b in zip(voxel, shape, box):
-                lo, hi = _start_range(s, b)
-                center.append(int(np.clip(int(v) - b // 2, lo, hi)) + b // 2)
-            return tuple(center), True  # type: ignore[return-value]
-        center = [int(rng.integers(lo, hi + 1)) + b // 2
-                  for (lo, hi), b in ((_start_range(s, b), b) for s, b in zip(shape, box))]
-        return tuple(center), False  # type: ignore[return-value]
+        """The centre of the next box in ``case`` and whether it was drawn on foreground."""
+        return SAMPLERS.get(self.geometry.mode)(self, case, force_fg)
 
     # ---- hard cases ----------------------------------------------------------------------------
     def update_hardness(self, case_indices: Sequence[int], losses: Sequence[float],

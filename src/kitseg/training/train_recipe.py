@@ -24,12 +24,12 @@ from kitseg._atomic import write_json
 from kitseg.datasets import Dataset, open_dataset
 from kitseg.errors import KitsegError
 from kitseg.recipes.schema import Recipe, Stage
-from kitseg.training.checkpoint import fold_dir
+from kitseg.stages.checkpoint import fold_dir
+from kitseg.stages.targets import foreground_labels
 from kitseg.training.distributed import barrier, broadcast_object
 from kitseg.training.loop import StageResult, TrainOptions, train_stage
 from kitseg.training.sampling import TrainCase, make_train_case
 from kitseg.training.splits import Splits, ensure_splits, load_splits
-from kitseg.training.targets import foreground_labels
 from kitseg.training_data import describe_folder
 from kitseg.training_data import write as write_training_data
 
@@ -216,7 +216,7 @@ def resume_note(out_dir: Path, stage_name: str, fold: int, epochs: int) -> str:
     """One line saying where ``--resume`` continues a (stage, fold): from its last checkpoint's epoch."""
     import torch
 
-    from kitseg.training.checkpoint import LAST
+    from kitseg.stages.checkpoint import LAST
 
     head = f"{stage_name} fold {fold}: "
     path = out_dir / LAST
@@ -244,24 +244,3 @@ def time_share(remaining_s: float, jobs_left: int) -> float:
     """The seconds of a training budget that the next of ``jobs_left`` (stage, fold) jobs gets: an
     equal share of what is left (a job that finishes early leaves its rest to the later ones)."""
     return max(0.0, remaining_s) / max(1, jobs_left)
-
-
-def generic_tiny(recipe: Recipe) -> dict:
-    """``--tiny`` for a recipe without a ``tiny`` section: every stage gets its network's tiny
-    parameters (``kitseg.nets.NETWORKS[name].tiny_params``), 2 epochs of 2 iterations, batch size
-    at most 2 and a patch of at most 32 voxels per axis (a multiple of the tiny network's divisor)."""
-    from kitseg.nets import NETWORKS, build_network
-
-    out: dict = {}
-    for s in recipe.stages:
-        key = f"stages.{s.name}"
-        params = {**s.network.params, **(NETWORKS[s.network.name].tiny_params if s.network.name in NETWORKS else {})}
-        out[f"{key}.network.params"] = params
-        out[f"{key}.epochs"] = 2
-        out[f"{key}.iterations_per_epoch"] = 2
-        out[f"{key}.batch_size"] = min(2, s.batch_size)
-        if s.patch_size is not None and s.network.name in NETWORKS:
-            net = build_network(s.network.name, s.in_channels, s.target.out_channels, **params)
-            div = tuple(net.size_divisor)
-            out[f"{key}.patch_size"] = [max(d, min(p, 32) // d * d) for p, d in zip(s.patch_size, div)]
-    return out

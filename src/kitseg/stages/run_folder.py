@@ -1,4 +1,4 @@
-"""A trained run folder loaded for inference: recipe, label set, fingerprint and each stage's models.
+"""The run-folder contract: a trained run folder (or ``kitseg export`` model file) loaded for inference.
 
 The run folder is written by ``kitseg train`` (CONTRACTS: ``recipe.json``, ``dataset.json``,
 ``fingerprint.json``, ``<stage>/fold_<k>/checkpoint_best.pt``). ``load_run`` reads it once; the
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,45 +18,13 @@ from torch import nn
 from kitseg.datasets import PRESETS, DatasetSpec
 from kitseg.errors import KitsegError
 from kitseg.preprocessing.fingerprint import read_fingerprint
-from kitseg.preprocessing.records import Fingerprint
 from kitseg.recipes.schema import Recipe
-from kitseg.training_data import TrainingData, from_run
+from kitseg.stages.checkpoint import checkpoint_paths, load_stage_models
+from kitseg.stages.loaded_run import LoadedRun, resolve_device
+from kitseg.stages.model_file import load_model
+from kitseg.training_data import from_run
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, eq=False)
-class LoadedRun:
-    """Everything inference needs from a run: ``models[stage name]`` is the stage's ensemble."""
-
-    recipe: Recipe
-    dataset: DatasetSpec
-    fingerprint: Fingerprint | None
-    models: dict[str, list[nn.Module]]
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    run_dir: Path | None = None
-    # what the models were trained on (``training_data.json``, a model file's card); None: not recorded
-    training_data: TrainingData | None = None
-
-    def __post_init__(self):
-        missing = [s.name for s in self.recipe.stages if not self.models.get(s.name)]
-        if missing:
-            raise KitsegError(f"run has no trained model for stage(s) {', '.join(missing)}", self.run_dir)
-
-    def describe(self) -> str:
-        folds = ", ".join(f"{s}: {len(m)} model(s)" for s, m in self.models.items())
-        return f"recipe {self.recipe.name} ({folds}) on {self.device}"
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``"cpu"``, ``"cuda"`` (under torchrun: ``cuda:$LOCAL_RANK``) or an explicit ``"cuda:1"``."""
-    device = torch.device(device or "cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise KitsegError("--device cuda asked for, but this torch build sees no CUDA GPU; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    return device
 
 
 def _read_json_model(path: Path, model, what: str):
@@ -88,12 +54,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = "cpu", fol
     ``folds=None``: every fold with a checkpoint (the ensemble). ``which="best"`` falls back to
     ``checkpoint_last.pt`` for a stage whose folds have no best checkpoint yet (said in the log).
     """
-    from kitseg.training.checkpoint import checkpoint_paths, load_stage_models
-
     run_dir = Path(run_dir)
     if run_dir.is_file():  # a model file written by `kitseg export`
-        from kitseg.inference.model_file import load_model
-
         return load_model(run_dir, device, folds)
     if not run_dir.is_dir():
         raise KitsegError("no such run folder or model file (give the folder `kitseg train -o` wrote, or a "

@@ -1,6 +1,6 @@
 """The input channels of a stage, built the same way in training and at inference (CONTRACTS).
 
-For ``stage.inputs`` such as ``["ct", "mask:localize"]``:
+For ``stage.inputs`` (typed ``StageInput``s, written ``["ct", "mask:localize"]`` in a recipe):
 
 - ``ct``: the CT normalized with the stage's IntensitySpec, on the stage's grid (cropped if set);
 - ``mask:<s>``: 1.0 where stage s found foreground (any of its classes), else 0.0;
@@ -18,7 +18,7 @@ import numpy as np
 
 from kitseg.errors import KitsegError
 from kitseg.recipes.schema import Stage, TargetSpec
-from kitseg.training.targets import foreground_labels
+from kitseg.stages.targets import foreground_labels
 
 
 def background_value(ct: np.ndarray) -> float:
@@ -26,15 +26,10 @@ def background_value(ct: np.ndarray) -> float:
     return float(np.min(ct)) if np.size(ct) else 0.0
 
 
-def prior_stages(stage: Stage) -> list[str]:
-    """The earlier stages whose output this stage takes as input."""
-    return sorted({inp.partition(":")[2] for inp in stage.inputs if ":" in inp})
-
-
 def priors_from_label(label: np.ndarray, stage: Stage, targets: dict[str, TargetSpec]) -> dict[str, np.ndarray]:
     """Training priors: for each stage s this stage reads, (label in s's foreground labels) as float32."""
     out = {}
-    for s in prior_stages(stage):
+    for s in stage.prior_stages:
         if s not in targets:
             raise KitsegError(f"stage {stage.name!r} reads stage {s!r}, whose target is unknown")
         out[s] = np.isin(label, foreground_labels(targets[s])).astype(np.float32)
@@ -50,8 +45,8 @@ def assemble_inputs(ct: np.ndarray, priors: dict[str, np.ndarray], stage: Stage,
     """
     ct = np.asarray(ct, np.float32)
     channels = []
-    for item in stage.inputs:
-        kind, _, ref = item.partition(":")
+    for item in stage.typed_inputs:
+        kind, ref = item.kind, item.stage
         if kind == "ct":
             channels.append(ct)
             continue

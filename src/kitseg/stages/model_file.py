@@ -151,10 +151,10 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", fold
     """A ``LoadedRun`` from a model file; ``folds`` selects members (default: every member exported)."""
     from pydantic import ValidationError
 
-    from kitseg.inference.run import LoadedRun, resolve_device
     from kitseg.nets import build_network
     from kitseg.preprocessing.records import Fingerprint
     from kitseg.recipes.schema import Recipe
+    from kitseg.stages.loaded_run import LoadedRun, resolve_device
 
     path = Path(path)
     dev = resolve_device(device)

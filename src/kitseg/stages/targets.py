@@ -85,3 +85,15 @@ def classes_to_labels(class_map: np.ndarray, target: TargetSpec) -> np.ndarray:
     for i in sorted(range(len(labels)), key=lambda i: -sizes[i]):
         out[np.asarray(class_map[i]).astype(bool)] = labels[i]
     return out
+
+
+def labels_from_probabilities(probs: np.ndarray, target: TargetSpec) -> np.ndarray:
+    """Dataset labels (uint8) of a stage's (K, z, y, x) probabilities: softmax argmax, sigmoid > 0.5."""
+    return classes_to_labels(probs.argmax(0) if target.kind == "softmax" else probs > 0.5, target)
+
+
+def foreground_probability(probs: np.ndarray, kind: str) -> np.ndarray:
+    """P(any class) from a stage's probabilities: 1 - background (softmax) or the largest sigmoid."""
+    if kind == "softmax":
+        return 1.0 - probs[0]
+    return probs.max(axis=0)
