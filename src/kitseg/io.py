@@ -516,12 +516,3 @@ def _write_two_files(img: sitk.Image, path: Path, compress: bool) -> Path:
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
-
-
-def __getattr__(name: str):
-    """``kitseg.io.write_dicom_seg`` (``kitseg.export.dicom_seg``), imported on first use: highdicom is heavy."""
-    if name == "write_dicom_seg":
-        from kitseg.export.dicom_seg import write_dicom_seg
-
-        return write_dicom_seg
-    raise AttributeError(f"module 'kitseg.io' has no attribute {name!r}")
