@@ -54,6 +54,18 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
+def remove_partials(folder: str | Path, name: str | None = None) -> int:
+    """Delete the temporary files that killed ``atomic_path`` writes left in ``folder`` (of the file
+    ``name`` only, when given); returns how many. A missing folder has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stray = list(folder.glob(f".{name}.*.part*" if name else ".*.part*"))
+    for p in stray:
+        p.unlink(missing_ok=True)
+    return len(stray)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically, flushed to disk before the rename."""
     with atomic_path(path) as tmp:

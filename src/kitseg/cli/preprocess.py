@@ -42,7 +42,7 @@ def preprocess(data_dir: Path, cache_dir: Path, recipe: str | None, preset: str 
     """
     from kitseg.datasets import open_dataset
     from kitseg.preprocessing.cache import preprocess_dataset  # imports torch: only when run
-    from kitseg.preprocessing.fingerprint import compute_fingerprint, read_fingerprint, write_fingerprint
+    from kitseg.preprocessing.fingerprint import fingerprint_for, read_fingerprint
 
     if (recipe is None) == (preset is None):
         raise KitsegError("give exactly one of --recipe NAME or --preset NAME")
@@ -50,11 +50,8 @@ def preprocess(data_dir: Path, cache_dir: Path, recipe: str | None, preset: str 
     dataset = open_dataset(data_dir)
     fp = read_fingerprint(fingerprint_file) if fingerprint_file else None
     if fp is None and any(spec.needs_fingerprint for _, spec in stages):
-        fp_path = cache_dir / "fingerprint.json"
-        fp = read_fingerprint(fp_path) if fp_path.exists() else None
-        if fp is None:
-            fp = compute_fingerprint(dataset, workers=workers, progress=not no_progress)
-            write_fingerprint(fp, fp_path)
+        fp = fingerprint_for(dataset, cache_dir / "fingerprint.json", [spec for _, spec in stages], workers=workers,
+                             progress=not no_progress)
     for name, spec in stages:
         target = cache_dir / name if name else cache_dir
         records = preprocess_dataset(dataset, target, spec, fp, workers=workers, progress=not no_progress,

@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydantic import BaseModel, ConfigDict
 
-from kitseg._atomic import atomic_path
+from kitseg._atomic import atomic_path, remove_partials
 from kitseg.datasets import find_images
 from kitseg.errors import KitsegError
 from kitseg.export import FORMATS, write_labels
@@ -126,13 +126,6 @@ def write_probabilities(probs: Probabilities, labels: Volume, path: Path) -> Pat
     return path
 
 
-def _clean_partial(out: Path) -> None:
-    """Delete temporary files a killed write of ``out`` left behind (``kitseg._atomic`` names)."""
-    if out.parent.is_dir():
-        for p in out.parent.glob(f".{out.name}.*.part*"):
-            p.unlink(missing_ok=True)
-
-
 def predict_file(image: str | Path, output: str | Path, run: LoadedRun | Sequence[LoadedRun], *,
                  device=None, tta: bool = False, save_probabilities: bool = False, case_id: str = "case",
                  precision: str | None = None, statistics: bool = False) -> Path:
@@ -143,7 +136,7 @@ def predict_file(image: str | Path, output: str | Path, run: LoadedRun | Sequenc
     endings, ``.seg.nrrd`` (3D Slicer) or ``.dcm`` (DICOM-SEG; ``image`` must be a DICOM series folder).
     """
     output = Path(output)
-    _clean_partial(output)
+    remove_partials(output.parent, output.name)
     try:
         res = predict_case(image, run, device, tta=tta, return_probabilities=save_probabilities, case_id=case_id,
                            precision=precision)
@@ -154,7 +147,7 @@ def predict_file(image: str | Path, output: str | Path, run: LoadedRun | Sequenc
                           "programs or use a machine with more memory", image) from None
     labels, probs = res if isinstance(res, tuple) else (res, None)
     if probs is not None:
-        _clean_partial(probabilities_path(output))
+        remove_partials(probabilities_path(output).parent, probabilities_path(output).name)
         write_probabilities(probs, labels, probabilities_path(output))
     if statistics:
         _write_statistics(labels, image, run, case_id, output)
@@ -168,7 +161,7 @@ def _write_statistics(labels: Volume, image, run, case_id: str, output: Path) ->
     from kitseg.stats import case_statistics, statistics_path, write_statistics
 
     first = run if isinstance(run, LoadedRun) else run[0]
-    _clean_partial(statistics_path(output))
+    remove_partials(statistics_path(output).parent, statistics_path(output).name)
     write_statistics(case_statistics(labels, image, first.dataset, case_id), statistics_path(output))
 
 

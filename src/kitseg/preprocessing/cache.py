@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from kitseg import __version__
-from kitseg._atomic import atomic_path, write_text
+from kitseg._atomic import atomic_path, remove_partials, write_text
 from kitseg.datasets import Case, Dataset
 from kitseg.errors import KitsegError
 from kitseg.preprocessing.fingerprint import compute_fingerprint
@@ -66,13 +66,6 @@ def _process(job) -> list[CaseRecord]:
     for entry in entries:
         _write_entry(cache_dir, entry, compress)
     return [e.record for e in entries]
-
-
-def _clean_temporaries(cache_dir: Path) -> int:
-    stray = [p for p in cache_dir.iterdir() if p.name.startswith(".") and ".part" in p.name]
-    for p in stray:
-        p.unlink(missing_ok=True)
-    return len(stray)
 
 
 def read_index(cache_dir: str | Path) -> CacheIndex:
@@ -119,7 +112,7 @@ def preprocess_dataset(dataset: Dataset, cache_dir: str | Path, spec: Preprocess
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _clean_temporaries(cache_dir)
+    remove_partials(cache_dir)
     if fingerprint is None and (cache_dir / "cache.json").exists():
         fingerprint = _open_cache(cache_dir, dataset, spec, None).fingerprint
     if fingerprint is None and spec.needs_fingerprint:

@@ -25,7 +25,7 @@ from kitseg.errors import KitsegError
 from kitseg.preprocessing.crop import bbox_from_mask, kidney_boxes, label_counts
 from kitseg.preprocessing.progress import progress_map
 from kitseg.preprocessing.records import HIST_BINS, HIST_LOW, CaseFingerprint, Fingerprint, IntensityStats, dump_json
-from kitseg.preprocessing.spec import RoiSpec
+from kitseg.preprocessing.spec import PreprocessSpec, RoiSpec
 
 REGIONS = ("foreground", "image", "roi")
 PERCENTILES = (0.05, 0.5, 99.5, 99.95)
@@ -233,6 +233,29 @@ def summarize(fp: Fingerprint) -> str:
     return "\n".join(lines)
 
 
+def roi_statistics_spec(specs: Sequence[PreprocessSpec]) -> RoiSpec | None:
+    """The ROI rule the fingerprint's ``"roi"`` statistics are collected with, given a recipe's stages'
+    specs in order: that of the first stage that normalizes with them (else the first stage with a ROI),
+    so they describe the voxels it normalizes."""
+    with_roi = [s for s in specs if s.roi is not None]
+    readers = [s for s in with_roi if s.intensity.stats_region == "roi"]
+    return (readers or with_roi)[0].roi if (readers or with_roi) else None
+
+
+def fingerprint_for(dataset: Dataset, path: str | Path, specs: Sequence[PreprocessSpec], *, workers: int = 2,
+                    progress: bool = True, seed: int = 0) -> Fingerprint:
+    """The dataset's fingerprint for a recipe's stages (``specs``): read from ``path`` when it exists, else
+    computed (ROI statistics by ``roi_statistics_spec``) and written there. ``kitseg train`` and
+    ``kitseg preprocess --recipe`` both get theirs here."""
+    path = Path(path)
+    if path.exists():
+        return read_fingerprint(path)
+    fp = compute_fingerprint(dataset, workers=workers, progress=progress, roi_spec=roi_statistics_spec(specs),
+                             seed=seed)
+    write_fingerprint(fp, path)
+    return fp
+
+
 def write_fingerprint(fp: Fingerprint, path: str | Path) -> Path:
     path = Path(path)
     write_text(path, dump_json(fp))
@@ -249,5 +272,6 @@ def read_fingerprint(path: str | Path) -> Fingerprint:
         raise KitsegError(f"not a kitseg fingerprint.json ({str(exc).splitlines()[0]})", path) from None
 
 
-__all__ = ["Fingerprint", "IntensityStats", "case_fingerprint", "compute_fingerprint", "median_target_spacing",
+__all__ = ["Fingerprint", "IntensityStats", "case_fingerprint", "compute_fingerprint", "fingerprint_for",
+           "median_target_spacing", "roi_statistics_spec",
            "read_fingerprint", "summarize", "write_fingerprint"]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kitseg._atomic import remove_partials
 from kitseg.errors import KitsegError
 from kitseg.losses import Loss, build_loss
 from kitseg.precision import Precision, as_float, resolve_precision
@@ -273,8 +274,8 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
     dist = options.dist
     epochs = options.epochs or stage.epochs
     last_path = out_dir / LAST
-    for stray in out_dir.glob(".*.part*") if dist.is_main else []:  # left by a kill mid-write
-        stray.unlink(missing_ok=True)
+    if dist.is_main:
+        remove_partials(out_dir)  # left by a kill mid-write
     if last_path.exists() and not options.resume:
         raise KitsegError(f"{last_path} exists: pass --resume to continue that run, or choose a new output folder")
     eng = Engine(stage, train_cases, epochs, options, net_record)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kitseg._atomic import write_json
+from kitseg._atomic import remove_partials, write_json
 from kitseg.datasets import Dataset, open_dataset
 from kitseg.errors import KitsegError
 from kitseg.recipes.schema import Recipe, Stage
@@ -59,27 +59,18 @@ def stage_seed(seed: int, fold: int, stage_index: int) -> int:
     return int(np.random.SeedSequence([seed, fold, stage_index]).generate_state(1)[0])
 
 
-def roi_statistics_spec(recipe: Recipe):
-    """The ROI rule the fingerprint's ``"roi"`` statistics are collected with: that of the first stage
-    that normalizes with them (else the first stage with a ROI), so they describe the voxels it normalizes."""
-    with_roi = [s for s in recipe.stages if s.preprocess.roi is not None]
-    readers = [s for s in with_roi if s.preprocess.intensity.stats_region == "roi"]
-    return (readers or with_roi or [None])[0].preprocess.roi if (readers or with_roi) else None
-
-
 def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainOptions, n_splits: int = 5,
                 workers: int = 1, stages: list[str] | None = None) -> Splits:
     """Write the run's description files and the caches of ``stages`` (default all; rank 0); return the splits."""
     from kitseg.preprocessing.cache import preprocess_dataset
-    from kitseg.preprocessing.fingerprint import compute_fingerprint, read_fingerprint, write_fingerprint
+    from kitseg.preprocessing.fingerprint import fingerprint_for
 
     dist = options.dist
     error = None
     if dist.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            for stray in run_dir.glob(".*.part*"):  # left by a kill mid-write (kitseg._atomic names)
-                stray.unlink(missing_ok=True)
+            remove_partials(run_dir)  # left by a kill mid-write
             recipe_json = recipe.model_dump(mode="json")
             if (run_dir / "recipe.json").exists():
                 if json.loads((run_dir / "recipe.json").read_text(encoding="utf-8")) != recipe_json:
@@ -88,13 +79,8 @@ def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainO
             else:
                 write_json(run_dir / "recipe.json", recipe_json)
             write_json(run_dir / "dataset.json", dataset.spec.model_dump(mode="json"))
-            fp_path = run_dir / "fingerprint.json"
-            if fp_path.exists():
-                fingerprint = read_fingerprint(fp_path)
-            else:
-                fingerprint = compute_fingerprint(dataset, workers=workers, progress=options.progress,
-                                                  roi_spec=roi_statistics_spec(recipe), seed=options.seed)
-                write_fingerprint(fingerprint, fp_path)
+            fingerprint = fingerprint_for(dataset, run_dir / "fingerprint.json", [s.preprocess for s in recipe.stages],
+                                          workers=workers, progress=options.progress, seed=options.seed)
             ensure_splits(run_dir / "splits.json", [c.case_id for c in dataset.cases], n_splits, options.seed)
             write_training_data(run_dir, describe_folder(dataset.root, dataset.spec.name, len(dataset.cases),
                                                          len(load_splits(run_dir / "splits.json").folds)))
