@@ -24,6 +24,7 @@ from torch import nn
 
 from kitseg.errors import KitsegError
 from kitseg.recipes.schema import Recipe, Stage, TargetSpec
+from kitseg.stages.checkpoint import network_record
 
 JOINT = "joint_cascade"  # the network record name of a joint model (never an inference network)
 _KEEP = ("format", "version", "precision", "fold", "epoch", "epochs", "ema_dice", "val_dice", "best_ema_dice",
@@ -76,8 +77,6 @@ def joint_stage(first: Stage, later: Stage) -> Stage:
 
 
 def joint_record(first: Stage, later: Stage) -> dict:
-    from kitseg.training.loop import network_record
-
     return {"name": JOINT, "in_channels": first.in_channels, "out_channels": len(first.target.classes)
             + len(later.target.classes), "params": {"first": network_record(first), "second": network_record(later),
                                                      "first_kind": first.target.kind, "first_name": first.name,
@@ -97,8 +96,6 @@ def build_joint(record: dict) -> JointCascade:
 def export_split(joint_dir: Path, run_dir: Path, first: Stage, later: Stage, fold: int) -> list[Path]:
     """Write the joint checkpoints' two networks as ordinary checkpoints of ``first`` and ``later``."""
     from kitseg.stages.checkpoint import BEST, LAST, fold_dir, load_checkpoint, save_checkpoint
-    from kitseg.training.loop import network_record
-
     written = []
     for name in (BEST, LAST):
         src = joint_dir / name

@@ -34,6 +34,7 @@ from kitseg.stages.checkpoint import (
     LAST,
     VERSION,
     load_checkpoint,
+    network_record,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -104,11 +105,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # only for libraries that use the global generator; ours take Generators
     torch.manual_seed(seed)
-
-
-def network_record(stage: Stage) -> dict:
-    return {"name": stage.network.name, "in_channels": stage.in_channels,
-            "out_channels": stage.target.out_channels, "params": dict(stage.network.params)}
 
 
 def validate(model: nn.Module, batches: list[Batch], loss_fn: Loss, target: TargetSpec, device: torch.device,
