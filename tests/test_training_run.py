@@ -19,7 +19,7 @@ def test_train_recipe_shares_the_time_limit_between_stages(tmp_path, monkeypatch
     """Each (stage, fold) gets an equal share of the budget left when it starts (a fake clock)."""
     import types
 
-    from kitseg.training import run as run_mod
+    from kitseg.training import train_recipe as run_mod
     from kitseg.training.loop import StageResult
     from kitseg.training.train_recipe import time_share, train_recipe
 
