@@ -125,7 +125,7 @@ def predict_case(image: VolumeLike, run: LoadedRun | Sequence[LoadedRun], device
         if timings is not None:
             timings.stages[stage.name] = outputs[stage.name].seconds
         log.info("%s: stage %s took %.1f s", case_id, stage.name, outputs[stage.name].seconds)
-    labels = final_labels(recipe.final, outputs, ct.shape, ct.affine)
+    labels = final_ops(final_labels(recipe.final, outputs, ct.shape, ct.affine), recipe.final.postprocess, ct)
     result = ct.with_array(np.ascontiguousarray(labels, dtype=np.uint8))
     if timings is not None:
         timings.total = time.perf_counter() - t0
@@ -270,7 +270,7 @@ class _Counter:
 
 def _labels(probs: np.ndarray, stage: Stage, ct: Volume, record: CaseRecord) -> np.ndarray:
     """Dataset labels of one entry from its probabilities, then the stage's post-processing steps."""
-    from kitseg.postprocessing import OPS, dense_crf, kidneys_by_side
+    from kitseg.postprocessing import OPS, dense_crf, drop_small_tumors, kidneys_by_side
 
     target = stage.target
     classes = probs.argmax(0) if target.kind == "softmax" else probs > 0.5
@@ -283,6 +283,9 @@ def _labels(probs: np.ndarray, stage: Stage, ct: Volume, record: CaseRecord) -> 
             hu = _raw_ct(ct, record)
             spacing = np.linalg.norm(np.asarray(record.resample.affine)[:3, :3], axis=0)
             labels = classes_to_labels(dense_crf(probs, hu, spacing, **params), target)
+        elif step.op == "drop_small_tumors":
+            voxel_ml = abs(float(np.linalg.det(np.asarray(record.resample.affine)[:3, :3]))) / 1000.0
+            labels = drop_small_tumors(labels, voxel_ml, **params)
         elif step.op == "kidneys_by_side":  # needs the CT (the body's midline) and the grid's geometry
             params.setdefault("foreground", foreground_labels(target))
             labels = kidneys_by_side(labels, _raw_ct(ct, record), record.resample.padded_affine, **params)
@@ -292,6 +295,23 @@ def _labels(probs: np.ndarray, stage: Stage, ct: Volume, record: CaseRecord) -> 
         else:
             labels = OPS[step.op](labels, **params)
     return np.ascontiguousarray(labels, dtype=np.uint8)
+
+
+def final_ops(labels: np.ndarray, steps, ct: Volume) -> np.ndarray:
+    """``final.postprocess``: steps on the final label map, on the CT's own grid."""
+    from kitseg.postprocessing import OPS, drop_small_tumors, kidneys_by_side
+
+    for step in steps:
+        params = dict(step.params)
+        if step.op == "drop_small_tumors":
+            labels = drop_small_tumors(labels, ct.voxel_volume_ml, **params)
+        elif step.op == "kidneys_by_side":
+            labels = kidneys_by_side(labels, ct.array, ct.affine, **params)
+        elif step.op in OPS:
+            labels = OPS[step.op](labels, **params)
+        else:
+            raise KitsegError(f"final post-processing: op {step.op!r} does not run on a label map alone")
+    return labels
 
 
 def _raw_ct(ct: Volume, record: CaseRecord) -> np.ndarray:

@@ -11,6 +11,7 @@
 
 from kitseg.postprocessing.components import (
     bbox,
+    drop_small_tumors,
     filter_components_multiclass,
     keep_largest_components,
     kidneys_by_side,
@@ -32,6 +33,7 @@ __all__ = [
     "OPS",
     "bbox",
     "dense_crf",
+    "drop_small_tumors",
     "filter_components_multiclass",
     "keep_largest_components",
     "kidneys_by_side",
