@@ -85,7 +85,7 @@ def table_scores(results: dict, part: str = "test") -> str:
 
 
 def table_time(results: dict) -> str:
-    lines = ["| entry | precision | stage | spacing mm | epochs done / planned | patches seen | training s (stop) | "
+    lines = ["| entry | precision | stage | spacing mm | epochs done / cap | patches seen | training s (stop) | "
              "model / data / validation s | best epoch (smoothed val Dice) |", "|---|---|---|---|---|---|---|---|---|"]
     for e, r in results.items():
         for s in r["stages"]:

@@ -120,26 +120,25 @@ def split_folder(src: Path, dst: Path, ids: list[str]) -> Path:
 # One entry (in a fresh process)
 # ---------------------------------------------------------------------------------------------
 def plan_epochs(recipe, budget_s: float, n_val: int, precision: str) -> dict:
-    """Epochs per stage so that each stage's schedule ends about when its share of the budget does,
-    from a measured training step (2 warm-up + 3 timed) of the stage at its profile and precision.
-    A multistep schedule's milestones are epochs, so there the epochs stay and the iterations per
-    epoch are fitted instead."""
+    """Epochs (or, for a multistep schedule, iterations per epoch) per stage for the time budget.
+
+    The budget ends every stage (``--time-limit``; its share follows the stages' ``budget_weight``), and
+    a poly schedule follows the clock (``kitseg.training.optim.poly_by_progress``), so epochs are only a
+    cap (1000). A multistep schedule's milestones are epochs: there the epochs stay and the iterations
+    per epoch are fitted to the stage's share from a measured training step (2 warm-up + 3 timed)."""
     from bench_throughput import time_train_steps
 
     out = {}
-    share = budget_s / len(recipe.stages)
+    total = sum(s.budget_weight for s in recipe.stages)
     for stage in recipe.stages:
-        step = time_train_steps(stage, stage.batch_size, 2, 3, mode=precision)["median_step_s"]
-        # an epoch: the steps, data cutting and augmentation (about 10 % on top), validation (about
-        # 2 patches per validation entry, a forward pass each: about a third of a step per patch)
-        val = 2 * n_val * step / stage.batch_size / 3
-        if stage.schedule.name == "multistep":
-            its = max(1, math.floor((1.05 * share / stage.epochs - val) / (step * 1.1)))
-            out[stage.name] = {"step_s": step, "epochs": stage.epochs, "iterations_per_epoch": its,
-                               "epoch_s_estimate": its * step * 1.1 + val}
+        if stage.schedule.name != "multistep":
+            out[stage.name] = {"epochs": 1000}
             continue
-        epoch = stage.iterations_per_epoch * step * 1.1 + val
-        out[stage.name] = {"step_s": step, "epoch_s_estimate": epoch, "epochs": max(2, math.ceil(1.05 * share / epoch))}
+        share = budget_s * stage.budget_weight / total
+        step = time_train_steps(stage, stage.batch_size, 2, 3, mode=precision)["median_step_s"]
+        val = 2 * n_val * step / stage.batch_size / 3  # about 2 patches per validation entry, a forward pass each
+        its = max(1, math.floor((share / stage.epochs - val) / (step * 1.1)))
+        out[stage.name] = {"step_s": step, "epochs": stage.epochs, "iterations_per_epoch": its}
     return out
 
 
@@ -198,7 +197,6 @@ def worker(args) -> dict:
                "finished": r.finished, "time_limited": r.time_limited, "seconds": r.seconds,
                "best_epoch": r.best_epoch, "best_ema_dice": r.best_ema_dice,
                "patches": r.epochs_done * recipe.stage(r.stage).iterations_per_epoch * recipe.stage(r.stage).batch_size,
-               "step_s_measured": plan[r.stage]["step_s"],
                "model_s": sum(h["model_s"] for h in r.history), "data_s": sum(h["data_s"] for h in r.history),
                "val_s": sum(h["val_s"] for h in r.history)} for r in results]
     run = load_run(run_dir, device="cpu")

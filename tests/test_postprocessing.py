@@ -312,3 +312,19 @@ def test_tumor_far_from_any_kidney_is_removed_and_attached_tumor_kept():
     far = _blob(labels, (10, 15, 24), (3, 3, 3), 2)  # in the "liver", touching no kidney voxel
     out = tumor_inside_kidney(labels)
     assert (out[attached] == 2).all() and (out[kidney & ~attached] == 1).all() and (out[far] == 0).all()
+
+
+def test_drop_small_tumors_relabels_specks_as_kidney_and_keeps_the_case_tumor():
+    from kitseg.postprocessing import drop_small_tumors
+
+    labels = np.zeros((20, 40, 40), np.uint8)
+    kidney = _blob(labels, (10, 20, 20), (8, 12, 10))
+    big = _blob(labels, (10, 20, 24), (4, 5, 4), 2)  # 0.34 ml at 1 x 1 x 1 mm voxels (voxel_ml 0.001)
+    speck = _blob(labels, (10, 20, 13), (1, 1, 1), 2)  # 7 voxels
+    out = drop_small_tumors(labels, 0.001, min_ml=0.05)
+    assert (out[big] == 2).all() and (out[speck] == 1).all() and (out[kidney & ~big & ~speck] == 1).all()
+    frac = drop_small_tumors(labels, 0.001, min_fraction=0.1)  # the speck is 2 % of the largest tumor
+    assert (frac == out).all()
+    assert (drop_small_tumors(labels, 0.001) == labels).all()  # no thresholds: nothing changes
+    single = np.where(speck, 2, np.where(kidney, 1, 0)).astype(np.uint8)
+    assert (drop_small_tumors(single, 0.001, min_fraction=0.5) == single).all()  # the largest always stays

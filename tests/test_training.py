@@ -19,7 +19,7 @@ from kitseg.training.loop import TrainOptions, train_stage
 from kitseg.training.optim import EarlyStopping, build_optimizer, build_scheduler, step_schedule
 from kitseg.training.sampling import Draw, Geometry, Sampler, make_sample, make_train_case
 from kitseg.training.splits import ensure_splits, make_splits
-from synthetic_kits import make_case, write_tiny_recipe
+from synthetic_kits import make_case, make_kits_dataset, write_tiny_recipe
 
 KITS = TargetSpec(kind="softmax", classes={"kidney": [1], "tumor": [2]})
 LOCALIZE = TargetSpec(kind="softmax", classes={"kidney": [1, 2]})
@@ -446,3 +446,41 @@ def test_prior_leaks_grow_the_prior_outside_only_and_are_reproducible():
     # without prior_extra the stream of draws and the prior are as before
     plain = AugmentSpec(prior_degrade=1.0, prior_coarse_mm=1.0)
     assert sample_params(plain, np.random.default_rng(0), 3).prior_extra_seed is None
+
+
+def test_poly_schedule_follows_the_budget_clock():
+    import torch
+
+    from kitseg.recipes.schema import OptimizerSpec, ScheduleSpec
+    from kitseg.training.optim import build_optimizer, build_scheduler, poly_by_progress
+
+    opt = build_optimizer(OptimizerSpec(name="sgd", lr=0.01), [torch.nn.Parameter(torch.zeros(2))])
+    build_scheduler(ScheduleSpec(name="poly", power=0.9), opt, epochs=1000)  # records initial_lr
+    assert poly_by_progress(opt, 0.0, 0.9) == pytest.approx(0.01)
+    assert poly_by_progress(opt, 0.5, 0.9) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_by_progress(opt, 1.7, 0.9) == 0.0  # past the budget: zero, never negative
+    assert poly_by_progress(opt, 0.25, 1.0) == pytest.approx(0.0075)  # from the initial lr, not the current one
+
+
+def test_time_limited_poly_schedule_decays_with_the_clock(tmp_path, monkeypatch):
+    """A stage planned for 1000 epochs under a time budget: the poly lr decays with the clock, not the epochs."""
+    import csv
+
+    from kitseg.cli.main import main
+
+    clock = iter(range(0, 10**6, 1))  # every perf_counter call advances 1 s
+    import kitseg.training.loop as loop
+
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+    data = make_kits_dataset(tmp_path / "data", n=4)
+    recipe = write_tiny_recipe(tmp_path / "tiny.yaml")
+    args = ["train", "--recipe", str(recipe), "--data", str(data), "-o", str(tmp_path / "run"), "--no-progress",
+            "--n-splits", "2", "--stage", "localize", "--epochs", "1000", "--time-limit", "5",
+            "--set", "stages.localize.schedule={name: poly, power: 0.9}"]
+    assert main(args) == 0
+    rows = list(csv.DictReader((tmp_path / "run" / "localize" / "fold_0" / "log.csv").open(encoding="utf-8")))
+    lrs = [float(r["lr"]) for r in rows]
+    # stopped by the clock after a few epochs, the lr decayed all along: by epochs alone it would still be
+    # 0.99 of the base lr (1e-3) after so few of 1000 epochs
+    assert 4 <= len(rows) < 1000 and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] < 0.25e-3 and rows[-1]["precision"]

@@ -41,6 +41,13 @@ def test_train_recipe_shares_the_time_limit_between_stages(tmp_path, monkeypatch
     assert [(s, f) for s, f, _ in shares] == [("localize", 0), ("localize", 1), ("segment", 0), ("segment", 1)]
     assert [t for _, _, t in shares] == [30.0, 110 / 3, 50.0, 40.0]  # 120/4, 110/3, 100/2, 40/1
     assert all(r.time_limited for r in results)
+    # budget_weight: segment weighs 2, localize 1 -> shares of what is left in proportion to the weights
+    shares.clear()
+    clock[0] = 1000.0
+    weighted = load_recipe(recipe, {"stages.segment.budget_weight": 2.0})
+    train_recipe(weighted, data, tmp_path / "run_w", folds="0,1", options=options, n_splits=2)
+    expected = [120 * 1 / 6, (120 - 10) * 1 / 5, (120 - 20) * 2 / 4, (120 - 80) * 2 / 2]
+    assert [t for _, _, t in shares] == pytest.approx(expected)
     # kitseg train --time-limit takes minutes
     from kitseg.cli.main import main
 

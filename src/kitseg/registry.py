@@ -76,6 +76,7 @@ STAGE_OPS = Registry("post-processing op", {
     "kidneys_by_side": "kitseg.stages.ops:kidneys_by_side",
     "median": "kitseg.stages.ops:median",
     "tumor_in_kidney": "kitseg.stages.ops:tumor_in_kidney",
+    "drop_small_tumors": "kitseg.stages.ops:drop_small_tumors",
     "crf": "kitseg.stages.ops:crf",
 })
 

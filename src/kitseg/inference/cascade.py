@@ -43,7 +43,7 @@ from kitseg.registry import INFERENCE_MODES
 from kitseg.stages.grid import labels_on_ct, probabilities_on_ct, resample_to_grid, to_entry_grid, unpadded
 from kitseg.stages.inputs import assemble_inputs
 from kitseg.stages.loaded_run import LoadedRun
-from kitseg.stages.ops import OpContext, apply_stage_ops, final_labels, probability_stage
+from kitseg.stages.ops import OpContext, apply_final_ops, apply_stage_ops, final_labels, probability_stage
 from kitseg.stages.outputs import EntryOutput, StageOutput
 from kitseg.stages.targets import foreground_probability, labels_from_probabilities
 from kitseg.volume import Volume
@@ -100,7 +100,7 @@ def predict_case(image: VolumeLike, run: LoadedRun | Sequence[LoadedRun], device
         outputs[stage.name] = StageOutput(stage, entries, labels_on_ct([(e.record, e.labels) for e in entries], ct),
                                           time.perf_counter() - ts)
         _log_stage(outputs[stage.name], case_id, timings)
-    result = final_labels(recipe.final, outputs, ct)
+    result = apply_final_ops(final_labels(recipe.final, outputs, ct), recipe.final, outputs, ct)
     if timings is not None:
         timings.total = time.perf_counter() - t0
     if not return_probabilities:

@@ -12,6 +12,7 @@ The names recipes use (``PostStep.op``) are registered in ``kitseg.registry.STAG
 
 from kitseg.postprocessing.components import (
     bbox,
+    drop_small_tumors,
     filter_components_multiclass,
     keep_largest_components,
     kidneys_by_side,
@@ -25,6 +26,7 @@ from kitseg.postprocessing.tunet import region_grow, tunet_algorithm1
 __all__ = [
     "bbox",
     "dense_crf",
+    "drop_small_tumors",
     "filter_components_multiclass",
     "keep_largest_components",
     "kidneys_by_side",

@@ -190,6 +190,30 @@ def kidneys_by_side(labels: np.ndarray, ct_hu: np.ndarray, affine: np.ndarray, m
     return out
 
 
+def drop_small_tumors(labels: np.ndarray, voxel_ml: float, min_ml: float = 0.0, min_fraction: float = 0.0,
+                      kidney: int = 1, tumor: int = 2, connectivity: int = 26) -> np.ndarray:
+    """Tumor components (at ``connectivity``) smaller than ``min_ml`` millilitres, or than ``min_fraction``
+    of the case's largest tumor component, become kidney (kitseg's post-processing, not a paper's).
+
+    Most kidney-tumor cases hold one tumor; specks of "tumor" inside the kidney are the commonest false
+    positives of a briefly trained network. Run on the whole case (``final.postprocess``), so the
+    largest component is the case's, not one kidney box's. Other labels are unchanged.
+    """
+    labels = np.asarray(labels)
+    out = labels.copy()
+    box = bbox(labels == tumor)
+    if box is None:
+        return out
+    comp, sizes = label_components(labels[box] == tumor, connectivity)
+    ml = sizes * float(voxel_ml)
+    ml[0] = 0.0
+    small = (ml < min_ml) | (ml < min_fraction * ml.max())
+    small[0] = False
+    sub = out[box]
+    sub[small[comp]] = kidney
+    return out
+
+
 def _world(indices: np.ndarray, affine: np.ndarray, row: int) -> np.ndarray:
     """One LPS coordinate in mm (row 0: x, to the patient's left; 1: y, posterior) of (N, 3) voxel indices."""
     return indices @ affine[row, :3] + affine[row, 3]

@@ -191,6 +191,9 @@ class Stage(_Strict):
     # network feeds its probability to this one (the ``prob:<stage>`` input) and this stage's loss
     # over both stages' targets flows through both networks (TuNet eq. 1, trained end to end).
     train_with: str | None = None
+    # Under a time budget (kitseg train --time-limit) each stage gets budget_weight / (the weights of the stages
+    # still to train) of what is left; equal by default.
+    budget_weight: float = Field(1.0, gt=0)
     patch_size: list[int] | None = Field(None, min_length=2, max_length=3)  # None: whole volume
     batch_size: int = Field(2, ge=1)
     epochs: int = Field(100, ge=1)
@@ -240,6 +243,8 @@ class FinalSpec(_Strict):
     tumor_stage: str | None = None
     whole_stage: str | None = None
     mask_stage: str | None = None
+    # Steps on the final label map, on the CT's own grid (e.g. drop_small_tumors, which looks at the whole case).
+    postprocess: list[PostStep] = Field(default_factory=list)
 
 
 class Recipe(_Strict):

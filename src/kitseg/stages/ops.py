@@ -35,22 +35,39 @@ from kitseg.volume import Volume
 
 @dataclass(frozen=True)
 class OpContext:
-    """What a per-stage op may use besides the labels: the entry's probabilities, record and the CT."""
+    """What an op may use besides the labels: the entry's probabilities, record and the CT. With
+    ``record`` None the op runs on the CT's own grid (``final.postprocess``; no probabilities)."""
 
     stage: Stage
-    probs: np.ndarray  # float32 (K, z, y, x) on the entry's grid
-    record: CaseRecord
+    probs: np.ndarray | None  # float32 (K, z, y, x) on the entry's grid
+    record: CaseRecord | None
     ct: Volume  # the CT in HU on its own grid
 
     def ct_on_grid(self) -> np.ndarray:
-        return ct_on_entry_grid(self.ct, self.record)
+        return self.ct.array if self.record is None else ct_on_entry_grid(self.ct, self.record)
+
+    def affine(self) -> np.ndarray:
+        """The (padded) grid's voxel -> LPS mm map."""
+        return self.ct.affine if self.record is None else np.asarray(self.record.resample.padded_affine)
+
+    def voxel_ml(self) -> float:
+        return abs(float(np.linalg.det(self.affine()[:3, :3]))) / 1000.0
 
 
-def apply_stage_ops(labels: np.ndarray, context: OpContext) -> np.ndarray:
-    """The stage's post-processing steps, in order, on one entry's labels (uint8 out)."""
-    for step in context.stage.postprocess:
+def apply_stage_ops(labels: np.ndarray, context: OpContext, steps=None) -> np.ndarray:
+    """Post-processing steps (default: the stage's), in order, on one entry's labels (uint8 out)."""
+    for step in context.stage.postprocess if steps is None else steps:
         labels = STAGE_OPS.get(step.op)(labels, context, **dict(step.params))
     return np.ascontiguousarray(labels, dtype=np.uint8)
+
+
+def apply_final_ops(labels: Volume, final: FinalSpec, outputs: dict[str, StageOutput], ct: Volume) -> Volume:
+    """``final.postprocess``: the same ops on the final label map, on the CT's own grid; the default
+    foreground labels are those of the stage that gives the final labels."""
+    if not final.postprocess:
+        return labels
+    context = OpContext(outputs[probability_stage(final, outputs)].stage, None, None, ct)
+    return labels.with_array(apply_stage_ops(labels.array, context, final.postprocess))
 
 
 # ---- per-stage ops ---------------------------------------------------------------------------------
@@ -70,7 +87,12 @@ def tumor_in_kidney(labels: np.ndarray, context: OpContext, **params) -> np.ndar
 def kidneys_by_side(labels: np.ndarray, context: OpContext, **params) -> np.ndarray:
     """Needs the CT (the body's midline) and the grid's geometry."""
     params.setdefault("foreground", foreground_labels(context.stage.target))
-    return post.kidneys_by_side(labels, context.ct_on_grid(), context.record.resample.padded_affine, **params)
+    return post.kidneys_by_side(labels, context.ct_on_grid(), context.affine(), **params)
+
+
+def drop_small_tumors(labels: np.ndarray, context: OpContext, **params) -> np.ndarray:
+    """Needs the grid's voxel volume; meant for ``final.postprocess`` (the whole case)."""
+    return post.drop_small_tumors(labels, context.voxel_ml(), **params)
 
 
 def crf(labels: np.ndarray, context: OpContext, **params) -> np.ndarray:
@@ -129,4 +151,4 @@ def probability_stage(final: FinalSpec, outputs: dict[str, StageOutput]) -> str:
     return final.stage or final.tumor_stage or final.whole_stage or list(outputs)[-1]
 
 
-__all__ = ["OpContext", "apply_stage_ops", "final_labels", "probability_stage"]
+__all__ = ["OpContext", "apply_final_ops", "apply_stage_ops", "final_labels", "probability_stage"]

@@ -50,7 +50,13 @@ from kitseg.training.distributed import (
     check_replicas,
     device_for,
 )
-from kitseg.training.optim import EarlyStopping, build_optimizer, build_scheduler, step_schedule
+from kitseg.training.optim import (
+    EarlyStopping,
+    build_optimizer,
+    build_scheduler,
+    poly_by_progress,
+    step_schedule,
+)
 from kitseg.training.sampling import Sampler, TrainCase, stage_geometry
 
 EMA = 0.9  # smoothing of the validation Dice that picks the best checkpoint (nnU-Net)
@@ -314,7 +320,11 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
             val_loss, dice = validate(eng.model, val_data, eng.loss_fn, stage.target, eng.device, eng.precision, dist)
             mean_dice = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
             ema = mean_dice if ema is None else EMA * ema + (1 - EMA) * mean_dice
-            step_schedule(eng.scheduler, val_loss)
+            if options.time_limit_s and stage.schedule.name == "poly":  # the schedule follows the budget too
+                used = (time.perf_counter() - started) / options.time_limit_s
+                poly_by_progress(eng.optimizer, max((epoch + 1) / epochs, used), stage.schedule.power)
+            else:
+                step_schedule(eng.scheduler, val_loss)
             stop = eng.stopper.step(val_loss)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                    **{f"dice_{n}": d for n, d in zip(names, dice)}, "val_dice": mean_dice, "ema_dice": ema,

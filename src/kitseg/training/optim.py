@@ -11,7 +11,10 @@ The papers' settings, all expressible in a recipe:
 - nnU-Net-like baseline (nnU-Net v2 defaults): SGD lr 1e-2, momentum 0.99 Nesterov, weight decay 3e-5,
   ``poly`` with power 0.9.
 
-Schedules step once per epoch (``step_schedule``). Weight decay is the optimizers' L2 term on all
+Schedules step once per epoch (``step_schedule``). Under a time budget (``kitseg train --time-limit``)
+a ``poly`` schedule follows the clock as well (``poly_by_progress``): its progress is the larger of
+the epochs done and the budget used, so it decays to zero when the budget ends, however fast the
+machine steps, instead of stopping half-way when the epochs were planned for a faster one. Weight decay is the optimizers' L2 term on all
 parameters (TuNet applies it to the convolution kernels only; the difference is small).
 """
 
@@ -33,6 +36,15 @@ def build_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter]) -
                                nesterov=spec.nesterov and spec.momentum > 0)
     cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
     return cls(params, lr=spec.lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay)
+
+
+def poly_by_progress(optimizer: torch.optim.Optimizer, progress: float, power: float) -> float:
+    """Set a poly schedule's learning rate for ``progress`` in [0, 1] of the run: base lr x (1 - p)^power
+    (the base lr is what ``PolynomialLR`` recorded as ``initial_lr``). Returns the new lr of group 0."""
+    p = min(1.0, max(0.0, float(progress)))
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("initial_lr", group["lr"]) * (1.0 - p) ** power
+    return optimizer.param_groups[0]["lr"]
 
 
 def build_scheduler(spec: ScheduleSpec, optimizer: torch.optim.Optimizer, epochs: int) -> Scheduler | None:

@@ -178,7 +178,9 @@ def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, f
             stage, net_record, out_dir = joint_stage(*pair), joint_record(*pair), out_dir / "joint"
         train = load_train_cases(cache_dir, split.train, stage, seed)
         val = load_train_cases(cache_dir, split.val, stage, seed + 10_000)
-        share = None if deadline is None else time_share(deadline - time.monotonic(), len(jobs) - k)
+        weights = [s.budget_weight for _, s, _ in jobs[k:]]
+        share = None if deadline is None else time_share(deadline - time.monotonic(), len(jobs) - k,
+                                                           weights[0] / sum(weights) * len(weights))
         if options.resume and options.dist.is_main:  # where it continues, even without progress bars
             _say(resume_note(out_dir, stage.name, fold, options.epochs or stage.epochs))
         fold_options = dataclasses.replace(options, seed=seed, time_limit_s=share)
@@ -226,7 +228,9 @@ def _say(line: str) -> None:
     Console(stderr=True, highlight=False).print(line)
 
 
-def time_share(remaining_s: float, jobs_left: int) -> float:
+def time_share(remaining_s: float, jobs_left: int, weight: float = 1.0) -> float:
     """The seconds of a training budget that the next of ``jobs_left`` (stage, fold) jobs gets: an
-    equal share of what is left (a job that finishes early leaves its rest to the later ones)."""
-    return max(0.0, remaining_s) / max(1, jobs_left)
+    equal share of what is left (a job that finishes early leaves its rest to the later ones), times
+    ``weight`` (its stage's ``budget_weight`` relative to the mean weight of the jobs left)."""
+    return max(0.0, remaining_s) / max(1, jobs_left) * weight
+
