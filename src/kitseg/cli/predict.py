@@ -80,7 +80,7 @@ def predict(inputs: Path, output: Path, run_dirs: tuple[Path, ...], device: str,
                              statistics=statistics, output_format=output_format)
     click.echo(summary.describe())
     if summary.count("failed"):
-        raise KitsegError(f"{summary.count('failed')} of {len(summary.cases)} cases failed (listed above)", inputs)
+        raise KitsegError(f"{summary.count('failed')} of {len(summary.cases)} cases failed (listed above)", output)
 
 
 def synthetic_warning(runs) -> str | None:
