@@ -105,7 +105,7 @@ def _run(recipe, seed: int = 0):
 
     torch.manual_seed(seed)
     models = {s.name: [build_network(s.network.name, s.in_channels, s.target.out_channels,
-                                     **s.network.params).eval()] for s in recipe.stages}
+                                     **s.network_params).eval()] for s in recipe.stages}
     return LoadedRun(recipe, KITS19, _fingerprint(), models)
 
 

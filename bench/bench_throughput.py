@@ -80,7 +80,7 @@ def time_train_steps(stage, batch: int, warmup: int, steps: int, device: str = "
     prec = resolve_precision(mode.removesuffix("_cl"), dev)
     mode = prec.name + ("_cl" if channels_last else "")
     torch.manual_seed(seed)
-    net = build_network(stage.network.name, stage.in_channels, stage.target.out_channels, **stage.network.params)
+    net = build_network(stage.network.name, stage.in_channels, stage.target.out_channels, **stage.network_params)
     channels, shape = stage_input(stage, net)
     fmt = torch.channels_last_3d if net.dims == 3 else torch.channels_last
     net = net.to(dev).train()

@@ -98,7 +98,7 @@ def main() -> None:
         if args.stage and stage.name not in args.stage:
             continue
         batch = args.batch or stage.batch_size
-        net = build_network(stage.network.name, stage.in_channels, stage.target.out_channels, **stage.network.params)
+        net = build_network(stage.network.name, stage.in_channels, stage.target.out_channels, **stage.network_params)
         geometry = stage_geometry(stage, net.dims, net.size_divisor, getattr(net, "context_slices", 1))
         spacing = tuple(stage.preprocess.target_spacing) if isinstance(stage.preprocess.target_spacing, list) \
             else (1.0, 1.0, 1.0)

@@ -109,3 +109,20 @@ def test_recipes_cite_papers_not_files_users_do_not_have():
             assert bad not in text, f"{name}: mentions {bad!r}"
         r = load_recipe(name)
         assert any(str(y) in r.paper for y in range(2015, 2026)), f"{name}: the paper has no year: {r.paper}"
+
+
+def test_pool_counts_are_derived_from_the_patch_when_a_recipe_omits_them(tmp_path):
+    from kitseg.nets import build_network, pool_plan
+    from kitseg.stages.checkpoint import network_record
+    from synthetic_kits import write_tiny_recipe
+
+    path = write_tiny_recipe(tmp_path / "tiny.yaml")
+    stated = load_recipe(path).stage("localize")
+    assert stated.network_params["pool_counts"] == stated.network.params["pool_counts"]  # stated: kept
+    omitted = load_recipe(path, {"stages.localize.network.params": {"base_features": 4},
+                                 "stages.localize.patch_size": [16, 32, 64]}).stage("localize")
+    assert "pool_counts" not in omitted.network.params
+    assert tuple(omitted.network_params["pool_counts"]) == pool_plan([16, 32, 64]) == (2, 3, 4)
+    record = network_record(omitted)  # what training builds and the checkpoint records for inference
+    net = build_network(record["name"], record["in_channels"], record["out_channels"], **record["params"])
+    assert tuple(net.size_divisor) == (4, 8, 16)

@@ -216,10 +216,9 @@ def predict_folder(inputs: str | Path, out_dir: str | Path, run: LoadedRun | Seq
     mine = shard(cases, rank, world_size)
     summary = FolderSummary(rank=rank, world_size=world_size)
     show = sys.stderr.isatty() if progress is None else progress
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from kitseg.progress import make_progress
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not show, transient=False) as bar:
+    with make_progress(show, eta=False) as bar:
         task = bar.add_task("predict", total=len(mine))
         for case_id, path in mine:
             bar.update(task, description=f"predict {case_id}")

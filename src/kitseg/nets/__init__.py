@@ -31,8 +31,8 @@ from kitseg.nets import (
 )
 from kitseg.nets.plan import pool_kernels, pool_plan, size_divisor
 
-__all__ = ["NETWORKS", "NetInfo", "build_network", "check_input_size", "pool_kernels", "pool_plan", "required_divisor",
-           "size_divisor"]
+__all__ = ["NETWORKS", "NetInfo", "accepted_params", "build_network", "check_input_size", "pool_kernels", "pool_plan",
+           "required_divisor", "size_divisor"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,13 @@ NETWORKS: dict[str, NetInfo] = {
 def _accepted(builder: Callable[..., nn.Module]) -> set[str]:
     params = inspect.signature(builder).parameters
     return {n for n in params if n not in ("in_channels", "out_channels")}
+
+
+def accepted_params(name: str) -> set[str]:
+    """The parameter names the registered network ``name`` takes (besides its channel counts)."""
+    if name not in NETWORKS:
+        raise KitsegError(f"unknown network {name!r}; registered networks: {', '.join(NETWORKS)}")
+    return _accepted(NETWORKS[name].builder)
 
 
 def build_network(name: str, in_channels: int, out_channels: int, **params: Any) -> nn.Module:

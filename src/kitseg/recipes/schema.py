@@ -227,6 +227,22 @@ class Stage(_Strict):
     def in_channels(self) -> int:
         return len(self.inputs)
 
+    @property
+    def network_params(self) -> dict[str, Any]:
+        """The network's parameters; ``pool_counts``, when the recipe omits it and the network takes it,
+        derived from the patch size (``kitseg.nets.plan.pool_plan``: pool an axis while it is >= 8
+        voxels, as Zhang et al. 2.1 and nnU-Net choose them). A recipe that states them keeps them."""
+        params = dict(self.network.params)
+        if "pool_counts" in params or self.patch_size is None:
+            return params
+        from kitseg.nets import NETWORKS, accepted_params, pool_plan  # torch: only when a network is built
+
+        info = NETWORKS.get(self.network.name)
+        if info is not None and "pool_counts" in accepted_params(self.network.name) and \
+                len(self.patch_size) == info.dims:
+            params["pool_counts"] = list(pool_plan(self.patch_size))
+        return params
+
 
 class FinalSpec(_Strict):
     """How the stages' outputs become the final label map.

@@ -95,7 +95,7 @@ def build_model(ckpt: dict, device: str | torch.device = "cpu") -> nn.Module:
 def network_record(stage) -> dict:
     """A checkpoint's ``"network"`` entry for a recipe ``Stage``: what ``build_model`` rebuilds."""
     return {"name": stage.network.name, "in_channels": stage.in_channels,
-            "out_channels": stage.target.out_channels, "params": dict(stage.network.params)}
+            "out_channels": stage.target.out_channels, "params": stage.network_params}
 
 
 def fold_dir(run_dir: str | Path, stage_name: str, fold: int) -> Path:

@@ -390,17 +390,8 @@ def _summary(row: dict, names: list[str], improved: bool) -> str:
 def _progress(enabled: bool):
     if not enabled:
         return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from kitseg.progress import make_progress
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True))
+    bar = make_progress()
     bar.start()
     return bar

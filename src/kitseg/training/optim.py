@@ -14,8 +14,9 @@ The papers' settings, all expressible in a recipe:
 Schedules step once per epoch (``step_schedule``). Under a time budget (``kitseg train --time-limit``)
 a ``poly`` schedule follows the clock as well (``poly_by_progress``): its progress is the larger of
 the epochs done and the budget used, so it decays to zero when the budget ends, however fast the
-machine steps, instead of stopping half-way when the epochs were planned for a faster one. Weight decay is the optimizers' L2 term on all
-parameters (TuNet applies it to the convolution kernels only; the difference is small).
+machine steps, instead of stopping half-way when the epochs were planned for a faster one. Weight
+decay is the optimizers' L2 term on all parameters (TuNet applies it to the convolution kernels only;
+the difference is small).
 """
 
 from __future__ import annotations
