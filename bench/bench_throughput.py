@@ -9,19 +9,19 @@ size and a random label map. Each (recipe, stage, mode) runs in a fresh process:
 median timed step; peak RSS = that process's peak resident memory (torch, the network, the
 optimizer state, activations), with the RSS before the first step beside it.
 
-On the CPU a paper-size 3D step takes 10 s to several minutes on 2 cores, so the defaults there
-are batch 1, one warm-up and one timed step (about half an hour for all 15 stages on 2 cores;
-batch 1 is said in the table: patches per second at the recipe's batch size are about the same
-on a CPU, whose time grows linearly with the batch). On CUDA (``--device cuda``, the default when a
-GPU is visible) the defaults are the recipe's batch size, 3 warm-up and 10 timed steps, and three
-modes: fp32 (TF32 convolutions as torch's default), AMP (bfloat16 autocast where supported, else
-float16 with a GradScaler: what the training loop does) and AMP + channels_last(_3d) (the training
-loop's CUDA setting); peak CUDA memory is ``torch.cuda.max_memory_allocated``.
+On the CPU a paper-size 3D step takes seconds to a minute on 2 cores, so the defaults there are
+batch 1, one warm-up and one timed step, in fp32 and bf16 (``kitseg.precision``: autocast of the
+forward pass; the loss in fp32), interleaved per stage, for every recipe at its paper size and at its
+``cpu`` profile (``--profiles``); the "x fp32" column is the speed-up of each mode over fp32 of the
+same stage. On CUDA (``--device cuda``, the default when a GPU is visible) the defaults are the
+recipe's batch size, 3 warm-up and 10 timed steps, and six modes: fp32 (TF32 convolutions as
+torch's default), bf16, fp16 with a GradScaler, each with and without channels_last(_3d); peak CUDA
+memory is ``torch.cuda.max_memory_allocated``.
 
-    .venv/bin/python bench/bench_throughput.py                       # CPU: every recipe, batch 1
-    .venv/bin/python bench/bench_throughput.py --device cuda          # on a GPU: fp32 / AMP / channels_last
-    .venv/bin/python bench/bench_throughput.py --recipes unet3d --steps 2 --no-update
-    .venv/bin/python bench/bench_throughput.py --quick                # the recipes' --tiny networks (a minute)
+    .venv/bin/python bench/bench_throughput.py                       # CPU: every recipe, paper + cpu profiles
+    .venv/bin/python bench/bench_throughput.py --device cuda          # on a GPU: the six modes
+    .venv/bin/python bench/bench_throughput.py --recipes unet3d --profiles cpu --steps 2 --no-update
+    .venv/bin/python bench/bench_throughput.py --quick                # the recipes' tiny profiles (a minute)
 
 Results: a table on stdout, JSON in bench/results/throughput-<device>.json, and a section of
 BENCHMARKS.md: a CPU run rewrites the one between ``<!-- throughput:start -->`` and
