@@ -126,3 +126,16 @@ def test_pool_counts_are_derived_from_the_patch_when_a_recipe_omits_them(tmp_pat
     record = network_record(omitted)  # what training builds and the checkpoint records for inference
     net = build_network(record["name"], record["in_channels"], record["out_channels"], **record["params"])
     assert tuple(net.size_divisor) == (4, 8, 16)
+
+
+def test_post_processing_parameters_are_checked_against_the_op_when_the_recipe_loads():
+    base = {"stages.segment.postprocess": [{"op": "largest_components", "params": {"n": 1, "connectivity": 26}}]}
+    assert load_recipe("kitseg_cascade", base).stage("segment").postprocess[0].params["n"] == 1
+    for params, words in (({"n": 1, "conectivity": 26}, "unknown parameter 'conectivity'"),
+                          ({"n": 0}, "'n'"), ({"n": 1, "connectivity": 7}, "'connectivity'"), ({}, "'n'")):
+        with pytest.raises(KitsegError, match=words):
+            load_recipe("kitseg_cascade", {"stages.segment.postprocess": [{"op": "largest_components",
+                                                                           "params": params}]})
+    with pytest.raises(KitsegError, match="min_fraction"):
+        load_recipe("kitseg_cascade", {"final.postprocess": [{"op": "drop_small_tumors",
+                                                              "params": {"min_fraction": 2.0}}]})

@@ -12,7 +12,9 @@ Networks have their own registry, ``kitseg.nets.NETWORKS``.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kitseg.errors import KitsegError
 
@@ -20,10 +22,27 @@ from kitseg.errors import KitsegError
 class Registry:
     """Names of one kind (``loss``, ``sampler``, ...) -> their implementation, imported on use."""
 
-    def __init__(self, kind: str, entries: dict[str, str]):
+    def __init__(self, kind: str, entries: dict[str, str], params: dict[str, type[BaseModel]] | None = None):
         self.kind = kind
         self._entries = dict(entries)
+        self._params = dict(params or {})
         self._loaded: dict[str, Any] = {}
+
+    def check_params(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` when its parameter model (if ``name`` has one) accepts them; else a KitsegError
+        naming the parameter and the accepted ones."""
+        model = self._params.get(self.check(name))
+        if model is None:
+            return params
+        try:
+            model.model_validate(params)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(params)"
+            what = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
+            raise KitsegError(f"{self.kind} {name!r}: {what} {where!r}; its parameters: "
+                              f"{', '.join(model.model_fields) or 'none'}") from None
+        return params
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -70,7 +89,53 @@ INFERENCE_MODES = Registry("inference mode", {
     "whole": "kitseg.inference.modes:whole_mode",
 })
 
-# Per-stage post-processing: op(labels, context, **params) -> labels, on the stage's grid.
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Connectivity = Literal[6, 18, 26]
+
+
+class LargestComponentsParams(_Params):
+    n: int = Field(ge=1)
+    connectivity: Connectivity = 26
+    foreground: list[int] | None = None
+
+
+class KidneysBySideParams(_Params):
+    min_ml: float = Field(10.0, ge=0)
+    max_ml: float | None = Field(None, gt=0)
+    max_anterior_mm: float = 25.0
+    body_hu: float = -500.0
+    connectivity: Connectivity = 26
+    foreground: list[int] | None = None
+
+
+class TumorInKidneyParams(_Params):
+    kidney: int = 1
+    tumor: int = 2
+    connectivity: Connectivity = 26
+
+
+class DropSmallTumorsParams(_Params):
+    min_ml: float = Field(0.0, ge=0)
+    min_fraction: float = Field(0.0, ge=0, le=1)
+    kidney: int = 1
+    tumor: int = 2
+    connectivity: Connectivity = 26
+
+
+class CrfParams(_Params):
+    iterations: int = Field(5, ge=1)
+    smooth_sigma_mm: float = Field(3.0, gt=0)
+    smooth_weight: float = Field(3.0, ge=0)
+    appearance_sigma_mm: float = Field(10.0, gt=0)
+    appearance_sigma_hu: float = Field(20.0, gt=0)
+    appearance_weight: float = Field(5.0, ge=0)
+
+
+# Per-stage post-processing: op(labels, context, **params) -> labels, on the stage's grid; each op's
+# parameter model is checked when the recipe loads.
 STAGE_OPS = Registry("post-processing op", {
     "largest_components": "kitseg.stages.ops:largest_components",
     "kidneys_by_side": "kitseg.stages.ops:kidneys_by_side",
@@ -78,7 +143,9 @@ STAGE_OPS = Registry("post-processing op", {
     "tumor_in_kidney": "kitseg.stages.ops:tumor_in_kidney",
     "drop_small_tumors": "kitseg.stages.ops:drop_small_tumors",
     "crf": "kitseg.stages.ops:crf",
-})
+}, params={"largest_components": LargestComponentsParams, "kidneys_by_side": KidneysBySideParams,
+           "median": _Params, "tumor_in_kidney": TumorInKidneyParams, "drop_small_tumors": DropSmallTumorsParams,
+           "crf": CrfParams})
 
 # The recipe's final step: op(final, outputs, ct) -> uint8 labels on the CT's grid.
 FINAL_OPS = Registry("final op", {

@@ -176,6 +176,14 @@ class PostStep(_Strict):
     op: _registered(STAGE_OPS)  # type: ignore[valid-type]
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _params_fit_the_op(self) -> PostStep:
+        try:
+            STAGE_OPS.check_params(self.op, self.params)
+        except KitsegError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
 
 class Stage(_Strict):
     name: str
