@@ -166,8 +166,10 @@ def markdown(results: dict, figure: Path | None) -> str:
              f"them); test: cases {_ids(r0['test_ids'])} ({len(r0['test']['rows'])}).",
              f"Budget: **{' / '.join(f'{b:g}' for b in budgets)} min of training wall time per entry** on "
              f"{r0['threads']} threads, every recipe at its `cpu` profile (docs/METHODS.md) and `--precision auto`; "
-             "the budget is shared equally by a recipe's stages, each stopping after the epoch in which its share "
-             "ran out; epochs are planned from a measured step so that decaying schedules end with the budget. "
+             "the budget is shared by a recipe's stages in proportion to their `budget_weight` (equal unless the "
+             "profile says otherwise), each stopping after the epoch in which its share ran out; a poly schedule "
+             "follows the clock and ends with the budget, a multistep one gets its iterations per epoch fitted to "
+             "it from a measured step. "
              "Preprocessing, prediction and evaluation are outside the budget.", "",
              "Test cases, mean (median); SD = Surface Dice at the KiTS23 tolerances; HD95 over the cases where both "
              "masks are non-empty; FP tumors = predicted tumor components touching no true tumor; the last columns "
