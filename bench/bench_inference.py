@@ -118,14 +118,14 @@ def _oracle_localizer(label_path: Path):
     from kitseg.stages.grid import to_entry_grid
 
     gt = read_label(label_path).array > 0
-    original = cascade._labels
+    original = cascade.apply_stage_ops
 
-    def labels(probs, stage, ct, record):
-        if stage.name == "localize":
-            return to_entry_grid(gt, record).astype(np.uint8)
-        return original(probs, stage, ct, record)
+    def apply_stage_ops(labels, context, steps=None):
+        if context.stage.name == "localize":
+            return to_entry_grid(gt, context.record).astype(np.uint8)
+        return original(labels, context, steps)
 
-    cascade._labels = labels
+    cascade.apply_stage_ops = apply_stage_ops
 
 
 # ---------------------------------------------------------------------------------------------
