@@ -39,7 +39,7 @@ import _common
 from _common import peak_rss_mb
 
 NAME = "throughput"
-TITLE = "Training throughput of every recipe's paper-size networks"
+TITLE = "Training throughput of every recipe, paper size and cpu profile, fp32 and bf16"
 # precision (kitseg.precision: autocast of the forward pass), optionally with channels_last(_3d) memory
 MODES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16 + GradScaler",
          "fp32_cl": "fp32 + channels_last", "bf16_cl": "bf16 + channels_last", "fp16_cl": "fp16 + channels_last"}
@@ -189,18 +189,36 @@ def markdown(part: dict | None, cuda: bool) -> str:
             "whole-volume shape for TuNet's L-Net); input = channels x patch (2D networks: their context slices as "
             "channels)" + (" (the recipes' `--tiny` networks: a check, not paper-size figures)" if part.get("tiny")
                            else "") + ".", "", table(part["rows"], cuda), ""]
-    rows3d = [r for r in part["rows"] if len(r["input"]) == 4]
+    rows3d = [r for r in part["rows"] if len(r["input"]) == 4 and r.get("profile", "paper") == "paper"
+              and r.get("precision", "fp32") == "fp32" and not r.get("channels_last")]
     if not cuda and rows3d and not part.get("tiny"):
         per = {(r["recipe"], r["stage"]): r["median_step_s"] / r["batch"] for r in rows3d}
         fast, slow = min(per, key=per.get), max(per, key=per.get)
-        days = schedule_days(part["rows"])
-        out.append(f"Reading: on {m['cores']} CPU cores one paper-size 3D training patch takes {per[fast]:.1f}-"
+        days = schedule_days(rows3d)
+        out.append(f"Reading: on {m['cores']} CPU cores in fp32 one paper-size 3D training patch takes {per[fast]:.1f}-"
                    f"{per[slow]:.0f} s ({' '.join(fast)} to {' '.join(slow)}); a recipe's whole schedule (epochs x "
                    "iterations x batch patches, every stage, one fold) would take "
                    + ", ".join(f"{name} {d:,.0f} days" for name, d in sorted(days.items(), key=lambda kv: kv[1]))
-                   + " here: paper-size training needs a GPU, and a CPU trains the `--tiny` or similarly scaled "
-                   "configurations (as the accuracy benchmark does).")
+                   + " here: paper-size training needs a GPU, and a CPU trains the `cpu` profiles (as the "
+                   "accuracy benchmark does)." + _bf16_reading(part["rows"]))
     return "\n".join(out).rstrip()
+
+
+def _bf16_reading(rows: list[dict]) -> str:
+    """bf16's speed-up over fp32 per profile: the range over the stages, and the stages under 2x."""
+    fp32 = {(r["recipe"], r.get("profile", "paper"), r["stage"]): r["median_step_s"] for r in rows
+            if r.get("precision", "fp32") == "fp32" and not r.get("channels_last")}
+    out = []
+    for profile in ("paper", "cpu"):
+        ratio = {(r["recipe"], r["stage"]): fp32[(r["recipe"], profile, r["stage"])] / r["median_step_s"]
+                 for r in rows if r.get("precision") == "bf16" and not r.get("channels_last")
+                 and r.get("profile", "paper") == profile and (r["recipe"], profile, r["stage"]) in fp32}
+        if ratio:
+            low = [f"{' '.join(k)} {v:.1f}x" for k, v in ratio.items() if v < 2.0]
+            out.append(f"{profile} size {min(ratio.values()):.1f}-{max(ratio.values()):.1f}x over "
+                       f"{len(ratio)} stages" + (f" (under 2x: {', '.join(low)})" if low else ""))
+    return (" bf16 autocast against fp32, the same stage: " + "; ".join(out) + ". One timed step per mode after "
+            "one warm-up, so a single row can be off by the machine's noise.") if out else ""
 
 
 def schedule_days(rows: list[dict]) -> dict[str, float]:
@@ -216,14 +234,14 @@ def schedule_days(rows: list[dict]) -> dict[str, float]:
 
 
 def headlines(part: dict, cuda: bool) -> list[tuple[str, str]]:
-    by = {(r["recipe"], r["stage"], r["mode"]): r for r in part["rows"]}
+    by = {(r["recipe"], r["stage"], r["mode"]): r for r in part["rows"] if r.get("profile", "paper") == "paper"}
     cells, batches = [], set()
-    for mode in MODES if cuda else ["fp32"]:
+    for mode in MODES if cuda else ["fp32", "bf16"]:
         for s in ("localize", "segment"):
             r = by.get(("kitseg_cascade", s, mode))
             if r:
                 batches.add(r["batch"])
-                cells.append(f"{s}{' ' + MODES[mode] if cuda else ''} {r['median_step_s']:.3g} s per step "
+                cells.append(f"{s} {MODES[mode]} {r['median_step_s']:.3g} s per step "
                              f"({r['patches_per_s']:.3g} patches/s)")
     if not cells:
         return []
