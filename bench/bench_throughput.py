@@ -339,7 +339,7 @@ def update_sections(part: dict, cuda: bool) -> None:
     _common.update_markdown(f"{NAME}-gpu" if cuda else NAME, markdown(part, cuda), headlines(part, cuda))
     if not cuda and _common.markers(f"{NAME}-gpu")[0] not in _common.MD.read_text(encoding="utf-8"):
         _common.update_markdown(f"{NAME}-gpu", markdown(None, True),
-                                [("training throughput on a GPU (fp32 / AMP / channels_last_3d)",
+                                [("training throughput on a GPU (fp32 / bf16 / fp16, channels_last_3d on/off)",
                                   "no GPU figure yet: `python bench/bench_throughput.py --device cuda`")])
 
 
