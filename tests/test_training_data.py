@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from inference_runs import GEOMETRY_RECIPE, recipe_from_yaml, untrained_models, write_run
 from kitseg.cli.main import main
@@ -16,26 +17,17 @@ from kitseg.models import describe, export, load
 from kitseg.synth.tissues import RENDERER_VERSION
 from kitseg.training_data import FILE, TrainingData, describe_folder, from_run, synthetic_warning, write
 from kitseg.volume import Volume
+from synthetic_kits import TINY_RECIPE
 
-ONE_STAGE = """
-name: tiny_single
-title: one tiny stage for tests
-paper: tests
-stages:
-  - name: segment
-    network: {name: unet3d, params: {base_features: 4, pool_counts: 2}}
-    inputs: [ct]
-    target: {kind: softmax, classes: {kidney: [1], tumor: [2]}}
-    preprocess: {target_spacing: [6.0, 6.0, 6.0], intensity: {scheme: volume_zscore}}
-    patch_size: [8, 16, 16]
-    batch_size: 2
-    epochs: 1
-    iterations_per_epoch: 2
-    loss: {name: dice_ce}
-    optimizer: {name: adam, lr: 1.0e-3}
-    sampler: {name: patch, foreground_fraction: 0.5}
-final: {op: argmax, stage: segment}
-"""
+
+def _one_stage_recipe(path):
+    """The tests' tiny cascade cut to its first stage, one epoch: the least training that makes a run."""
+    data = yaml.safe_load(TINY_RECIPE)
+    data["stages"] = data["stages"][:1]
+    data["stages"][0]["epochs"] = 1
+    data["final"] = {"op": "argmax", "stage": data["stages"][0]["name"]}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
 WARNING = "warning: this model was trained only on synthetic CT"
 
 
@@ -50,7 +42,7 @@ def synthetic_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("synthetic_run")
     data, run, recipe = tmp / "synth", tmp / "run", tmp / "tiny.yaml"
     assert main(["synth", str(data), "--cases", "3", "--size", "tiny", "--no-progress"]) == 0
-    recipe.write_text(ONE_STAGE)
+    _one_stage_recipe(recipe)
     assert main(["train", "--recipe", str(recipe), "--data", str(data), "-o", str(run), "--no-progress",
                  "--n-splits", "2", "--folds", "0"]) == 0
     return data, run
