@@ -2,7 +2,9 @@
 
 ``tests/fixtures/demo_labels.json`` holds the sha256 of the labels that a trained demo run predicted
 (``precision="fp32"``) before the stage contract moved to ``kitseg.stages`` (issue #17): on the demo's
-held-out cases and on ``../shared/data/real_ct/example_ct.nii.gz``. The run was made with
+held-out cases and on ``../shared/data/real_ct/example_ct.nii.gz``. Regenerated (``python tests/demo_labels.py
+RUN TEST CT > tests/fixtures/demo_labels.json``) only where a change means to alter predictions: once since,
+when inference began to pad a box smaller than the patch as training pads its patches. The run was made with
 ``kitseg demo -o DIR --size tiny --test-cases 3`` (seed 0, 16 training cases, cpu). Point
 ``KITSEG_DEMO_DIR`` at that folder (default ``/tmp/wt17_demo``); without it the test skips.
 """

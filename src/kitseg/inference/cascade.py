@@ -41,7 +41,7 @@ from kitseg.preprocessing.records import CaseRecord
 from kitseg.recipes.schema import Stage
 from kitseg.registry import INFERENCE_MODES
 from kitseg.stages.grid import labels_on_ct, probabilities_on_ct, resample_to_grid, to_entry_grid, unpadded
-from kitseg.stages.inputs import assemble_inputs
+from kitseg.stages.inputs import assemble_inputs, pad_values
 from kitseg.stages.loaded_run import LoadedRun
 from kitseg.stages.ops import OpContext, apply_final_ops, apply_stage_ops, final_labels, probability_stage
 from kitseg.stages.outputs import EntryOutput, StageOutput
@@ -241,7 +241,7 @@ def infer(x: torch.Tensor, stage: Stage, models, device: torch.device, tta: bool
                                   precision=precision)
     counter = _Counter()
     out = INFERENCE_MODES.get(mode_of(stage, dims))(x, stage, predictor, net, device=device, divisor=divisor,
-                                                    progress=counter)
+                                                    pad_value=pad_values(x.numpy(), stage), progress=counter)
     if timings is not None:
         timings.windows[stage.name] = timings.windows.get(stage.name, 0) + counter.total
     return np.ascontiguousarray(out.float().numpy())

@@ -92,7 +92,8 @@ def sliding_window(image: torch.Tensor, predictor: Predictor, patch_size: Sequen
                    sw_batch_size: int = 1, device: str | torch.device = "cpu",
                    accumulate_device: str | torch.device | None = None,
                    accumulate_dtype: torch.dtype = torch.float32, divisor: Sequence[int] | None = None,
-                   pad_value: float = 0.0, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                   pad_value: float | Sequence[float] = 0.0, progress: Callable[[int, int], None] | None = None
+                   ) -> torch.Tensor:
     """Predict ``image`` (C, *spatial) window by window; return blended probabilities (K, *spatial).
 
     ``patch_size``: the window (None on an axis: the whole axis). ``overlap`` (per axis or one
@@ -103,7 +104,9 @@ def sliding_window(image: torch.Tensor, predictor: Predictor, patch_size: Sequen
     with the larger summed probability over the windows wins: it gets ``TIE_BONUS / n`` on top of
     its fraction (n windows; one vote is 1 / n, so a bonus never overturns a majority). The paper
     does not say how ties break; a fixed order (e.g. towards background) would erode every boundary
-    where two windows disagree. ``divisor``: the network's per-axis size divisor.
+    where two windows disagree. ``divisor``: the network's per-axis size divisor. ``pad_value``:
+    what fills the border an image smaller than the patch (or not divisible) is padded with, one
+    value or one per channel (``kitseg.stages.inputs.pad_values``: what training pads with).
     ``accumulate_device``: where the blended volume lives (default: ``device``); on CUDA an
     out-of-memory error retries with the CPU and one window per batch.
     """
@@ -136,8 +139,7 @@ def _sliding_window(image, predictor, patch_size, overlap, *, strides, weights, 
     divisor = tuple(int(d) for d in (divisor or (1,) * dims))
     patch, pads = _pads(spatial, patch_size, divisor)
     if any(a or b for a, b in pads):
-        flat = [v for a, b in reversed(pads) for v in (a, b)]
-        image = F.pad(image, flat, value=float(pad_value))
+        image = pad_channels(image, pads, pad_value)
     padded = tuple(int(n) for n in image.shape[1:])
     overlaps = [float(overlap)] * dims if isinstance(overlap, (int, float)) else [float(o) for o in overlap]
     if len(overlaps) != dims or not all(0 <= o < 1 for o in overlaps):
@@ -194,6 +196,22 @@ def _sliding_window(image, predictor, patch_size, overlap, *, strides, weights, 
         out /= norm
     crop = tuple(slice(a, a + n) for (a, _), n in zip(pads, spatial))
     return out[(slice(None), *crop)]
+
+
+def pad_channels(image: torch.Tensor, pads: Sequence[tuple[int, int]], value: float | Sequence[float]
+                 ) -> torch.Tensor:
+    """``image`` (C, *spatial) padded by ``pads`` (before, after) per spatial axis with ``value``: one
+    number, or one per channel (a CT channel with its darkest value and a mask with 0, as training does)."""
+    if isinstance(value, (int, float)):
+        flat = [v for a, b in reversed(pads) for v in (a, b)]
+        return F.pad(image, flat, value=float(value))
+    values = torch.as_tensor([float(v) for v in value], dtype=image.dtype)
+    if len(values) != image.shape[0]:
+        raise KitsegError(f"{len(values)} pad values for an image of {image.shape[0]} channels")
+    shape = (image.shape[0], *(n + a + b for n, (a, b) in zip(image.shape[1:], pads)))
+    out = values.view(-1, *[1] * (image.ndim - 1)).expand(shape).clone()
+    out[(slice(None), *(slice(a, a + n) for n, (a, _) in zip(image.shape[1:], pads)))] = image
+    return out
 
 
 TIE_BONUS = 1e-3  # majority vote: what the tie winner gets on top of its vote count (a vote is 1)

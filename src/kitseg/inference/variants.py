@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from kitseg.errors import KitsegError
-from kitseg.inference.sliding import Predictor, round_up, sliding_window, window_starts
+from kitseg.inference.sliding import Predictor, pad_channels, round_up, sliding_window, window_starts
 
 
 def mirror_flips(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -138,6 +138,10 @@ def slices25d(image: torch.Tensor, predictor: Predictor, context: int = 3, *, in
     device = torch.device(device)
     nz, ny, nx = image.shape[1:]
     divisor = tuple(divisor or (1, 1))[-2:]
+    pad = kw.pop("pad_value", 0.0)
+    if not isinstance(pad, (int, float)):  # one per input channel -> one per stacked channel (slice-major)
+        pad = [float(v) for v in pad] * context
+    kw["pad_value"] = pad
     out = None
     with torch.inference_mode():
         for z0 in range(0, nz, batch_size):
@@ -146,7 +150,8 @@ def slices25d(image: torch.Tensor, predictor: Predictor, context: int = 3, *, in
             if in_plane is None:
                 py, px = round_up(ny, divisor[0]), round_up(nx, divisor[1])
                 (ay, ax) = ((py - ny) // 2, (px - nx) // 2)
-                xp = F.pad(x, (ax, px - nx - ax, ay, py - ny - ay)) if (py, px) != (ny, nx) else x
+                pads = [(ay, py - ny - ay), (ax, px - nx - ax)]
+                xp = torch.stack([pad_channels(s, pads, pad) for s in x]) if (py, px) != (ny, nx) else x
                 pred = predictor(xp.to(device))[:, :, ay:ay + ny, ax:ax + nx].float().cpu()
             else:
                 pred = torch.stack([sliding_window(s, predictor, in_plane, overlap, divisor=divisor, device=device,

@@ -36,6 +36,16 @@ def priors_from_label(label: np.ndarray, stage: Stage, targets: dict[str, Target
     return out
 
 
+def pad_values(x: np.ndarray, stage: Stage) -> list[float]:
+    """What inference pads each input channel of ``x`` (``assemble_inputs``'s output) with where a
+    window reaches past the volume: what training's patches hold there (``kitseg.training.sampling``
+    pads the CT with its darkest value, so a masked CT's fill is that value too, and priors are 0
+    outside the label). Padding with anything else shifts instance-norm statistics: a network
+    trained on kidney boxes smaller than its patch then over-grows the kidney."""
+    return [0.0 if item.kind in ("mask", "prob") else background_value(x[c])  # a masked CT's darkest value
+            for c, item in enumerate(stage.typed_inputs)]                    # is its fill, the CT's darkest
+
+
 def assemble_inputs(ct: np.ndarray, priors: dict[str, np.ndarray], stage: Stage,
                     background: float | None = None) -> np.ndarray:
     """Stack the stage's input channels: (len(stage.inputs), *ct.shape) float32.
