@@ -34,6 +34,18 @@ def now() -> str:
     return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
 
 
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with "+dirty" when the tree has changes), None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def stamp() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 

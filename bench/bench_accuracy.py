@@ -215,6 +215,44 @@ def worker(args) -> dict:
             "peak_rss_mb": round(peak_rss_mb()), "load_end": _common.load_1min()}
 
 
+def rescore_worker(args) -> dict:
+    """Predict and score an entry's trained run again (test and validation cases): the models stay."""
+    import torch
+
+    from kitseg.inference import load_run
+
+    torch.set_num_threads(args.threads)
+    mdir = Path(args.work) / file_name(args.worker)
+    if not (mdir / "run" / "recipe.json").is_file():
+        raise SystemExit(f"{mdir / 'run'}: no trained run to rescore; train the entry first")
+    run = load_run(mdir / "run", device="cpu")
+    return {"test": predict_and_score(run, Path(args.work) / "test", mdir / "test"),
+            "val": predict_and_score(run, mdir / "val_cases", mdir / "val")}
+
+
+def rescore(args, work: Path, command: str) -> None:
+    """``--rescore``: new test and validation scores for trained entries; training figures are kept."""
+    for e in args.entries:
+        path = BOARD / (file_name(e) + (f"@{args.tag}" if args.tag else "") + ".json")
+        if not path.is_file():
+            raise SystemExit(f"{path}: no result to rescore")
+        old = json.loads(path.read_text(encoding="utf-8"))
+        print(f"{e}: predicting and scoring the trained run again", flush=True)
+        r = _common.spawn(__file__, ["--worker", e, "--rescore-worker", "--work", str(work)], args.threads, e)
+        before = {k: old[k]["mean"] for k in ("test", "val")}
+        old.update(test=r["test"], val=r["val"])
+        old.setdefault("rescored", []).append({"date": _common.now(), "machine": _common.machine(),
+                                               "command": command, "commit": _common.git_commit(),
+                                               "before": before})
+        tmp = path.with_name(f".{path.name}.part")
+        tmp.write_text(json.dumps(old, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        print(f"{e}: test " + ", ".join(f"{METRICS[k]} {report.fmt(v)}" for k, v in r["test"]["mean"].items())
+              + f" (was composite {report.fmt(before['test']['kits19_composite'])}); wrote {path}", flush=True)
+    if not args.no_update and not args.tag:
+        update(args.force)
+
+
 def recipe_cpu_section(name: str, variant: str | None) -> dict:
     import yaml
 
@@ -251,13 +289,17 @@ def main() -> None:
                     "(a few minutes); implies --no-update and --tag quick")
     ap.add_argument("--report", action="store_true", help="only rebuild the section and the figure from "
                     "bench/results/leaderboard/*.json")
+    ap.add_argument("--rescore", action="store_true", help="predict and score the entries' trained runs again "
+                    "(after an inference fix) without retraining; the JSON keeps its training figures and records "
+                    "the rescoring")
     _common.add_force_flag(ap)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--rescore-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--command", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        _common.worker_exit(worker(args))
+        _common.worker_exit(rescore_worker(args) if args.rescore_worker else worker(args))
     if args.report:
         update(args.force)
         return
@@ -274,6 +316,9 @@ def main() -> None:
     split_folder(data, work / "train", ids[:n_train])
     split_folder(data, work / "test", ids[n_train:])
     command = _common.command("bench_accuracy.py")
+    if args.rescore:
+        rescore(args, work, command)
+        return
     for e in args.entries:
         print(f"{e}: training at the cpu profile for {args.budget_min:g} min, then predicting", flush=True)
         r = _common.spawn(__file__, ["--worker", e, "--work", str(work), "--budget-min", str(args.budget_min),
