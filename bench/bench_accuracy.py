@@ -226,6 +226,9 @@ def rescore_worker(args) -> dict:
     if not (mdir / "run" / "recipe.json").is_file():
         raise SystemExit(f"{mdir / 'run'}: no trained run to rescore; train the entry first")
     run = load_run(mdir / "run", device="cpu")
+    for part in ("test", "val"):  # predict_folder keeps outputs that exist (it resumes): start afresh
+        if (mdir / part).exists():
+            shutil.rmtree(mdir / part)
     return {"test": predict_and_score(run, Path(args.work) / "test", mdir / "test"),
             "val": predict_and_score(run, mdir / "val_cases", mdir / "val")}
 
