@@ -169,3 +169,47 @@ def test_parse_folds():
         parse_folds("5", 5)
     with pytest.raises(KitsegError, match="fold number"):
         parse_folds("first", 5)
+
+
+def test_ensemble_trains_members_with_their_own_seeds_and_predict_averages_them(tmp_path, capsys):
+    """`kitseg train --ensemble 2`: a second network per (stage, fold) in fold_<k>/member_1 with its own
+    seed; load_run, predict_case and kitseg export take every member."""
+    import numpy as np
+
+    from kitseg.cli.main import main
+    from kitseg.inference import LoadedRun, load_run, predict_case
+    from kitseg.models import export
+    from kitseg.volume import Volume
+    from synthetic_kits import make_case
+
+    data = make_kits_dataset(tmp_path / "data", n=4)
+    recipe = write_tiny_recipe(tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    args = ["train", "--recipe", str(recipe), "--data", str(data), "-o", str(run), "--no-progress", "--n-splits", "2",
+            "--ensemble", "2"]
+    assert main(args) == 0
+    assert "segment fold 0 member 1: finished" in capsys.readouterr().out
+    for stage in ("localize", "segment"):
+        first = load_checkpoint(run / stage / "fold_0" / "checkpoint_best.pt")["model"]
+        second = load_checkpoint(run / stage / "fold_0" / "member_1" / "checkpoint_best.pt")["model"]
+        assert any(not torch.equal(first[k], second[k]) for k in first), f"{stage}: members trained alike"
+    loaded = load_run(run)
+    assert [len(loaded.models[s]) for s in ("localize", "segment")] == [2, 2]
+    img, _ = make_case((16, 32, 32), seed=99)
+    ct = Volume.from_geometry(img, spacing=(3.0, 1.5, 1.5))
+    _, both = predict_case(ct, loaded, return_probabilities=True)
+    # the same models as two one-member runs ensembled: the same probabilities
+    single = [LoadedRun(loaded.recipe, loaded.dataset, loaded.fingerprint, {s: [m[i]] for s, m in loaded.models.items()})
+              for i in range(2)]
+    _, pair = predict_case(ct, single, return_probabilities=True)
+    np.testing.assert_allclose(both.array.astype(np.float32), pair.array.astype(np.float32), atol=2e-3)
+    model_file = export(run, tmp_path / "model.kitseg")
+    assert [len(load_run(model_file).models[s]) for s in ("localize", "segment")] == [2, 2]
+    assert [len(load_run(model_file, folds=[0]).models[s]) for s in ("localize", "segment")] == [2, 2]
+    # --resume says which member it continues; the recipe's own `ensemble` is the default
+    assert main([*args, "--resume"]) == 0
+    assert "segment fold 0 member 1: already finished" in capsys.readouterr().err
+    three = tmp_path / "run3"
+    assert main(["train", "--recipe", str(recipe), "--data", str(data), "-o", str(three), "--no-progress",
+                 "--n-splits", "2", "--stage", "segment", "--set", "ensemble=3"]) == 0
+    assert len(load_stage_models(three, "segment")) == 3

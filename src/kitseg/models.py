@@ -84,9 +84,11 @@ def export(run_dir: str | Path, output: str | Path, *, folds: list[int] | None =
             except KitsegError:
                 use = "last"  # as load_run does
         stages[stage.name], cards[stage.name] = [], []
+        seen: dict[int, int] = {}
         for fold, path in checkpoint_paths(run_dir, stage.name, folds, use):
             ck = load_checkpoint(path, "cpu")
-            name = f"weights/{stage.name}/fold_{fold}.safetensors"
+            member = seen[fold] = seen.get(fold, -1) + 1  # ensemble members of one fold (kitseg train --ensemble)
+            name = f"weights/{stage.name}/fold_{fold}" + (f"_member_{member}" if member else "") + ".safetensors"
             files[name] = save({k: v.detach().cpu().contiguous().clone() for k, v in ck["model"].items()},
                                metadata={"stage": stage.name, "fold": str(fold)})
             stages[stage.name].append({"fold": fold, "epoch": int(ck.get("epoch", 0)), "checkpoint": use,

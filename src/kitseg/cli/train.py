@@ -40,17 +40,20 @@ from kitseg.errors import KitsegError
               help="Autocast precision of the networks: auto = bf16 on a CPU with AMX or AVX512-BF16 and on GPUs "
               "that support it, fp16 on other GPUs, fp32 on other CPUs. Checkpoints are fp32 either way.")
 @click.option("--no-amp", is_flag=True, help="Same as --precision fp32.")
+@click.option("--ensemble", type=click.IntRange(1), metavar="N",
+              help="Train N networks per stage and fold, each with its own seed; kitseg predict averages them all. "
+              "Default: the recipe's `ensemble` (1 unless the recipe or variant says otherwise).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or per-epoch lines.")
 def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[str, ...], variant: str | None,
           epochs: int | None, profile: str, tiny: bool, sets: tuple[str, ...], resume: bool, device: str, seed: int,
           workers: int, n_splits: int, until_epoch: int | None, time_limit: float | None, precision: str,
-          no_amp: bool, no_progress: bool) -> None:
+          no_amp: bool, ensemble: int | None, no_progress: bool) -> None:
     """Train every stage of a recipe (or --stage) on one fold or all (--folds all).
 
     Writes RUN_DIR/recipe.json, dataset.json, fingerprint.json, splits.json, cache/<stage>/ and
     RUN_DIR/<stage>/fold_<k>/ with checkpoint_last.pt (every epoch), checkpoint_best.pt, log.csv,
-    curves.png and tensorboard/. Several GPUs or nodes: launch with torchrun, e.g.
-    `torchrun --nproc_per_node 4 -m kitseg.cli.main train ...` (see docs/TRAINING.md).
+    curves.png and tensorboard/ (--ensemble N: members 1.. in fold_<k>/member_<m>/). Several GPUs or
+    nodes: launch with torchrun, e.g. `torchrun --nproc_per_node 4 -m kitseg.cli.main train ...` (see docs/TRAINING.md).
     """
     import torch
 
@@ -80,12 +83,13 @@ def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[
                                progress=not no_progress and dist.is_main, workers=workers, precision=chosen.name,
                                time_limit_s=None if time_limit is None else time_limit * 60.0, dist=dist)
         results = train_recipe(rec, data_dir, run_dir, folds=folds, stages=list(stages) or None, options=options,
-                               n_splits=n_splits, preprocess_workers=max(1, workers))
+                               n_splits=n_splits, preprocess_workers=max(1, workers), ensemble=ensemble)
     finally:
         cleanup(dist)
     if dist.is_main:
         for r in results:
             state = "finished" if r.finished else f"stopped after epoch {r.epochs_done}" + (
                 " (time limit; continue with --resume)" if r.time_limited else "")
-            click.echo(f"{r.stage} fold {r.fold}: {state}; best smoothed Dice {r.best_ema_dice:.3f} (epoch "
+            member = f" member {r.member}" if r.member else ""
+            click.echo(f"{r.stage} fold {r.fold}{member}: {state}; best smoothed Dice {r.best_ema_dice:.3f} (epoch "
                        f"{r.best_epoch}); data/model time {r.data_model_ratio:.2f}; {r.out_dir}")

@@ -98,30 +98,40 @@ def network_record(stage) -> dict:
             "out_channels": stage.target.out_channels, "params": stage.network_params}
 
 
-def fold_dir(run_dir: str | Path, stage_name: str, fold: int) -> Path:
-    return Path(run_dir) / stage_name / f"fold_{fold}"
+def fold_dir(run_dir: str | Path, stage_name: str, fold: int, member: int = 0) -> Path:
+    """Where a (stage, fold) trains: ``<stage>/fold_<k>``; ensemble member m >= 1 (``kitseg train --ensemble``,
+    another seed) in ``<stage>/fold_<k>/member_<m>``."""
+    base = Path(run_dir) / stage_name / f"fold_{fold}"
+    return base if member == 0 else base / f"member_{member}"
+
+
+def _members(fold_path: Path, name: str) -> list[Path]:
+    """The checkpoint ``name`` of a fold folder's ensemble members 1, 2, ... (member 0 is the fold's own)."""
+    found = [(int(d.name.split("_", 1)[1]), d / name) for d in fold_path.glob("member_*")
+             if d.name.split("_", 1)[1].isdigit() and (d / name).is_file()]
+    return [p for _, p in sorted(found)]
 
 
 def checkpoint_paths(run_dir: str | Path, stage_name: str, folds: list[int] | None = None,
                      which: str = "best") -> list[tuple[int, Path]]:
-    """(fold, path) of the stage's checkpoints: ``folds=None`` means every fold that has one."""
+    """(fold, path) of the stage's checkpoints, every ensemble member of each fold: ``folds=None`` means
+    every fold that has one."""
     if which not in ("best", "last"):
         raise KitsegError(f"which must be 'best' or 'last', got {which!r}")
     name = BEST if which == "best" else LAST
     stage_dir = Path(run_dir) / stage_name
     if folds is None:
-        found = sorted((int(d.name.split("_", 1)[1]), d / name) for d in stage_dir.glob("fold_*")
+        folds = sorted(int(d.name.split("_", 1)[1]) for d in stage_dir.glob("fold_*")
                        if d.name.split("_", 1)[1].isdigit() and (d / name).is_file())
-        if not found:
+        if not folds:
             raise KitsegError(f"no trained fold of stage {stage_name!r} (no */{name}); run kitseg train first",
                               stage_dir)
-        return found
     out = []
     for f in folds:
         p = fold_dir(run_dir, stage_name, f) / name
         if not p.is_file():
             raise KitsegError(f"fold {f} of stage {stage_name!r} has no {name}", p.parent)
-        out.append((f, p))
+        out += [(f, p)] + [(f, m) for m in _members(p.parent, name)]
     return out
 
 

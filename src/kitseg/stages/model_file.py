@@ -7,7 +7,8 @@ The file is a zip archive of plain members and nothing that can run code:
   of every other member);
 - ``recipe.json``, ``dataset.json`` (label convention), ``fingerprint.json`` (when the run had one),
   ``model_card.json``;
-- ``weights/<stage>/fold_<k>.safetensors``: the network weights (safetensors: tensors only).
+- ``weights/<stage>/fold_<k>.safetensors``: the network weights (safetensors: tensors only);
+  ``fold_<k>_member_<m>.safetensors`` for a fold's further ensemble members (``kitseg train --ensemble``).
 
 ``load_model`` refuses a hostile or damaged file with one line before building anything: a member
 whose path escapes (absolute, ``..``, a drive, a link), a member that is not listed or is missing,
@@ -172,7 +173,7 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", fold
             members = manifest.get("stages", {}).get(stage.name, [])
             if folds is not None:
                 members = [m for m in members if m.get("fold") in folds]
-                if len(members) != len(folds):
+                if {m.get("fold") for m in members} != set(folds):  # a fold may hold several ensemble members
                     have = [m.get("fold") for m in manifest.get("stages", {}).get(stage.name, [])]
                     raise KitsegError(f"stage {stage.name!r} has folds {have} in this model file, not {folds}", path)
             models[stage.name] = []

@@ -93,7 +93,8 @@ def build_joint(record: dict) -> JointCascade:
                         p["first_kind"], p["second_inputs"], p["first_name"])
 
 
-def export_split(joint_dir: Path, run_dir: Path, first: Stage, later: Stage, fold: int) -> list[Path]:
+def export_split(joint_dir: Path, run_dir: Path, first: Stage, later: Stage, fold: int, member: int = 0
+                 ) -> list[Path]:
     """Write the joint checkpoints' two networks as ordinary checkpoints of ``first`` and ``later``."""
     from kitseg.stages.checkpoint import BEST, LAST, fold_dir, load_checkpoint, save_checkpoint
     written = []
@@ -106,7 +107,7 @@ def export_split(joint_dir: Path, run_dir: Path, first: Stage, later: Stage, fol
             sub = {k[len(prefix):]: v for k, v in ck["model"].items() if k.startswith(prefix)}
             out = {**{k: ck[k] for k in _KEEP if k in ck}, "network": network_record(stage), "stage": stage.name,
                    "stage_spec": stage.model_dump_json(), "model": sub, "trained_with": JOINT}
-            path = fold_dir(run_dir, stage.name, fold) / name
+            path = fold_dir(run_dir, stage.name, fold, member) / name
             path.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(path, out)
             written.append(path)

@@ -98,6 +98,7 @@ class StageResult:
     model: nn.Module | None = field(default=None, repr=False)  # the trained network (last epoch)
     time_limited: bool = False  # stopped by TrainOptions.time_limit_s (unfinished, resumable)
     seconds: float = 0.0  # wall-clock time of this train_stage call
+    member: int = 0  # ensemble member (kitseg train --ensemble)
 
     @property
     def data_model_ratio(self) -> float:

@@ -9,6 +9,7 @@ independent and ``--stage`` trains one alone. Layout (CONTRACTS)::
 
     RUN_DIR/recipe.json dataset.json fingerprint.json splits.json cache/<stage>/
     RUN_DIR/<stage>/fold_<k>/checkpoint_last.pt checkpoint_best.pt log.csv curves.png tensorboard/
+    RUN_DIR/<stage>/fold_<k>/member_<m>/...      (ensemble members 1.., ``--ensemble N``)
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ def check_labels(recipe: Recipe, dataset: Dataset) -> None:
                               f"(its labels: {dataset.spec.labels})", dataset.root)
 
 
-def stage_seed(seed: int, fold: int, stage_index: int) -> int:
-    """A distinct, reproducible seed per (run seed, fold, stage)."""
-    return int(np.random.SeedSequence([seed, fold, stage_index]).generate_state(1)[0])
+def stage_seed(seed: int, fold: int, stage_index: int, member: int = 0) -> int:
+    """A distinct, reproducible seed per (run seed, fold, stage, ensemble member)."""
+    key = [seed, fold, stage_index] + ([member] if member else [])  # member 0: the seed runs always had
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainOptions, n_splits: int = 5,
@@ -139,8 +141,12 @@ def parse_folds(folds: str | int | list[int] | None, n_folds: int) -> list[int]:
 
 def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, folds: str | int | list[int] | None = 0,
                  stages: list[str] | None = None, options: TrainOptions = TrainOptions(), n_splits: int = 5,
-                 preprocess_workers: int = 1) -> list[StageResult]:
+                 preprocess_workers: int = 1, ensemble: int | None = None) -> list[StageResult]:
     """Prepare the run folder and train the chosen stages on the chosen folds (see the module docstring).
+
+    ``ensemble`` (default ``recipe.ensemble``): networks trained per (stage, fold), each with its own seed
+    (weights, sampling, augmentation); member 0 in ``<stage>/fold_<k>``, member m in
+    ``<stage>/fold_<k>/member_<m>``. Prediction averages every member of every fold.
 
     ``options.time_limit_s`` is the budget of the training of all chosen stages and folds, counted
     from the end of the preprocessing: each (stage, fold), in order, gets ``time_share`` of what is
@@ -162,15 +168,18 @@ def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, f
         if name in joint_firsts:
             raise KitsegError(f"stage {name!r} is trained jointly with stage {joint_firsts[name]!r} (train_with); "
                               f"train {joint_firsts[name]!r}")
-    jobs = [(si, stage, fold) for si, stage in enumerate(recipe.stages) if not stages or stage.name in stages
-            if stage.name not in joint_firsts for fold in fold_list]
+    members = recipe.ensemble if ensemble is None else int(ensemble)
+    if members < 1:
+        raise KitsegError(f"--ensemble must be at least 1, got {members}")
+    jobs = [(si, stage, fold, m) for si, stage in enumerate(recipe.stages) if not stages or stage.name in stages
+            if stage.name not in joint_firsts for fold in fold_list for m in range(members)]
     deadline = None if options.time_limit_s is None else time.monotonic() + options.time_limit_s
     results = []
-    for k, (si, stage, fold) in enumerate(jobs):
+    for k, (si, stage, fold, member) in enumerate(jobs):
         cache_dir = run_dir / "cache" / stage.name
         split = splits.folds[fold]
-        seed = stage_seed(options.seed, fold, si)
-        out_dir, net_record, pair = fold_dir(run_dir, stage.name, fold), None, None
+        seed = stage_seed(options.seed, fold, si, member)
+        out_dir, net_record, pair = fold_dir(run_dir, stage.name, fold, member), None, None
         if stage.train_with:  # two stages as one network (kitseg.training.joint: TuNet's end-to-end W-Net + T-Net)
             from kitseg.training.joint import joint_pair, joint_record, joint_stage
 
@@ -178,18 +187,19 @@ def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, f
             stage, net_record, out_dir = joint_stage(*pair), joint_record(*pair), out_dir / "joint"
         train = load_train_cases(cache_dir, split.train, stage, seed)
         val = load_train_cases(cache_dir, split.val, stage, seed + 10_000)
-        weights = [s.budget_weight for _, s, _ in jobs[k:]]
+        weights = [s.budget_weight for _, s, _, _ in jobs[k:]]
         share = None if deadline is None else time_share(deadline - time.monotonic(), len(jobs) - k,
                                                            weights[0] / sum(weights) * len(weights))
         if options.resume and options.dist.is_main:  # where it continues, even without progress bars
-            _say(resume_note(out_dir, stage.name, fold, options.epochs or stage.epochs))
+            _say(resume_note(out_dir, stage.name, fold, options.epochs or stage.epochs, member))
         fold_options = dataclasses.replace(options, seed=seed, time_limit_s=share)
         joint = {"net_record": net_record} if net_record is not None else {}
-        results.append(train_stage(stage, train, val, out_dir, targets, fold=fold, options=fold_options, **joint))
+        results.append(dataclasses.replace(
+            train_stage(stage, train, val, out_dir, targets, fold=fold, options=fold_options, **joint), member=member))
         if pair is not None and options.dist.is_main:
             from kitseg.training.joint import export_split
 
-            export_split(out_dir, run_dir, *pair, fold)
+            export_split(out_dir, run_dir, *pair, fold, member)
         barrier(options.dist)
     return results
 
@@ -200,13 +210,13 @@ def expected_folds(run_dir: Path, n_cases: int, n_splits: int) -> int:
     return len(load_splits(path).folds) if path.is_file() else min(n_splits, n_cases)
 
 
-def resume_note(out_dir: Path, stage_name: str, fold: int, epochs: int) -> str:
+def resume_note(out_dir: Path, stage_name: str, fold: int, epochs: int, member: int = 0) -> str:
     """One line saying where ``--resume`` continues a (stage, fold): from its last checkpoint's epoch."""
     import torch
 
     from kitseg.stages.checkpoint import LAST
 
-    head = f"{stage_name} fold {fold}: "
+    head = f"{stage_name} fold {fold}" + (f" member {member}" if member else "") + ": "
     path = out_dir / LAST
     if not path.is_file():
         return head + f"no checkpoint yet, starting at epoch 1 of {epochs}"
