@@ -79,12 +79,12 @@ def file_name(entry: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-def rendered(cases: int, downsample: int, seed: int) -> tuple[Path, dict]:
+def rendered(cases: int, downsample: int, seed: int, unenhanced: float = 0.0) -> tuple[Path, dict]:
     """The rendered dataset (cached): a folder holding case_00000.. with imaging + segmentation."""
-    from kitseg.synth import make_dataset
+    from kitseg.synth import RENDERER_VERSION, make_dataset
 
     _common.require(_common.SHARED_KITS19)
-    out = WORK / f"rendered_ds{downsample}_seed{seed}"
+    out = WORK / (f"rendered_ds{downsample}_seed{seed}" + (f"_u{unenhanced:g}" if unenhanced else ""))
     meta_path = out / "bench_render.json"
     ids = [f"case_{i:05d}" for i in range(cases)]
     if meta_path.exists():
@@ -99,8 +99,9 @@ def rendered(cases: int, downsample: int, seed: int) -> tuple[Path, dict]:
         shutil.rmtree(out)
     t0 = time.perf_counter()
     make_dataset(out, cases=cases, seed=seed, from_masks=_common.SHARED_KITS19, downsample=downsample,
-                 progress=False, workers=2)
-    meta = {"cases": cases, "downsample": downsample, "seed": seed, "seconds": time.perf_counter() - t0}
+                 progress=False, workers=2, unenhanced=unenhanced)
+    meta = {"cases": cases, "downsample": downsample, "seed": seed, "unenhanced": unenhanced,
+            "renderer_version": RENDERER_VERSION, "seconds": time.perf_counter() - t0}
     meta_path.write_text(json.dumps(meta) + "\n", encoding="utf-8")
     return out, {**meta, "reused": False}
 
@@ -284,6 +285,9 @@ def main() -> None:
     ap.add_argument("--n-splits", type=int, default=10, help="splits of the training cases; fold 0 trains (default "
                     "10: 90 %% train, 10 %% validate)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the rendering, the splits and the training")
+    ap.add_argument("--unenhanced", type=float, default=0.0, help="share of phantoms rendered without contrast "
+                    "(kitseg synth --unenhanced; default 0: all late arterial, the leaderboard's data). Its own "
+                    "rendering and work folder; needs --tag")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--tag", help="keep the results as bench/results/leaderboard/<entry>@<tag>.json (a trial, "
                     "left out of the table)")
@@ -312,10 +316,13 @@ def main() -> None:
         raise SystemExit("--cases must be at least 5 (80 % train, 20 % test)")
     for e in args.entries:
         entry_recipe(e)  # an unknown recipe, variant or a missing cpu profile stops here, before any work
-    data, render = rendered(args.cases, args.downsample, args.seed)
+    if args.unenhanced and not args.tag:
+        raise SystemExit("--unenhanced renders other test data than the leaderboard's: give --tag")
+    data, render = rendered(args.cases, args.downsample, args.seed, args.unenhanced)
     ids = [f"case_{i:05d}" for i in range(args.cases)]
     n_train = int(round(0.8 * args.cases))
-    work = WORK / f"ds{args.downsample}_n{args.cases}_s{args.seed}"
+    work = WORK / (f"ds{args.downsample}_n{args.cases}_s{args.seed}" + (f"_u{args.unenhanced:g}" if args.unenhanced
+                                                                           else ""))
     split_folder(data, work / "train", ids[:n_train])
     split_folder(data, work / "test", ids[n_train:])
     command = _common.command("bench_accuracy.py")

@@ -83,7 +83,8 @@ def train_and_predict(recipe: Recipe, data: Path, run_dir: Path, ct: Volume) -> 
     results = train_recipe(recipe, data, run_dir, folds=0, n_splits=2,
                            options=TrainOptions(seed=0, progress=False, amp=False, val_per_case=1))
     joint_firsts = {s.train_with for s in recipe.stages}  # trained inside the later stage's job (train_with)
-    assert [r.stage for r in results] == [s.name for s in recipe.stages if s.name not in joint_firsts]
+    assert [r.stage for r in results] == [s.name for s in recipe.stages if s.name not in joint_firsts
+                                          for _ in range(recipe.ensemble)]  # ensemble members, own seeds
     for r in results:
         assert r.finished and len(r.history) == 1
         assert np.isfinite(r.history[0]["train_loss"]) and np.isfinite(r.history[0]["val_loss"]), r.stage

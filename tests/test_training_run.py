@@ -210,6 +210,13 @@ def test_ensemble_trains_members_with_their_own_seeds_and_predict_averages_them(
     assert main([*args, "--resume"]) == 0
     assert "segment fold 0 member 1: already finished" in capsys.readouterr().err
     three = tmp_path / "run3"
-    assert main(["train", "--recipe", str(recipe), "--data", str(data), "-o", str(three), "--no-progress",
-                 "--n-splits", "2", "--stage", "segment", "--set", "ensemble=3"]) == 0
+    base = ["train", "--recipe", str(recipe), "--data", str(data), "-o", str(three), "--no-progress", "--n-splits", "2",
+            "--stage", "segment"]
+    assert main([*base, "--set", "ensemble=3"]) == 0
     assert len(load_stage_models(three, "segment")) == 3
+    # --ensemble with --resume adds members to a finished run; member 0 is left as it was
+    before = load_checkpoint(three / "segment" / "fold_0" / "checkpoint_last.pt")["model"]
+    assert main([*base, "--set", "ensemble=3", "--ensemble", "4", "--resume"]) == 0
+    assert len(load_stage_models(three, "segment")) == 4
+    after = load_checkpoint(three / "segment" / "fold_0" / "checkpoint_last.pt")["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)

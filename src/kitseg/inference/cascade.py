@@ -217,7 +217,7 @@ def ensemble_note(runs: Sequence[LoadedRun]) -> str | None:
     if have >= wanted:
         return None
     return (f"recipe {runs[0].recipe.name!r} averages {wanted} models per stage; this prediction averages {have} "
-            f"(give more run folders with --model, or train more folds)")
+            f"(train with --ensemble {wanted}, train more folds, or give more run folders with --model)")
 
 
 def flips_for(stage: Stage, dims: int) -> list[tuple[int, ...]]:

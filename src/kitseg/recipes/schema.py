@@ -280,7 +280,7 @@ class Recipe(_Strict):
     labels: Literal["kits19", "kits21", "kits23"] = "kits19"
     stages: list[Stage] = Field(min_length=1)
     final: FinalSpec = Field(default_factory=FinalSpec)
-    ensemble: int = Field(1, ge=1)  # models per stage (folds x repeats) averaged at inference
+    ensemble: int = Field(1, ge=1)  # networks trained per stage and fold, own seeds (kitseg train --ensemble)
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # ablations: dotted overrides
     tiny: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --profile tiny (--tiny)
     cpu: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --profile cpu
