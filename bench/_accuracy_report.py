@@ -179,6 +179,7 @@ def markdown(results: dict, figure: Path | None) -> str:
         lines += [f"![Dice per test case and entry]({figure.relative_to(_common.ROOT).as_posix()})", ""]
     lines += ["Validation cases (what settings were chosen on), mean (median):", "",
               table_scores(results, "val"), "", "Training and time:", "", table_time(results), ""]
+    lines += rescored_notes(results)
     lines.append(reading(results))
     lines += ["", "What this does and does not show: the CTs are synthetic, rendered from real KiTS19 masks (real "
               "kidney and tumor shapes and scan geometries, simplified textures and contrast), at reduced in-plane "
@@ -186,6 +187,20 @@ def markdown(results: dict, figure: Path | None) -> str:
               "methods under equal conditions on this machine; the figures are not comparable with the papers' "
               "GPU results on real CT (REFERENCE.md), nor do they predict any method's accuracy there."]
     return "\n".join(lines)
+
+
+def rescored_notes(results: dict) -> list[str]:
+    """One line per entry whose trained run was predicted and scored again (``--rescore``)."""
+    out = []
+    for entry, r in results.items():
+        for x in r.get("rescored", []):
+            before = x["before"]["test"]
+            now = r["test"]["mean"]
+            out.append(f"- `{entry}` was trained on {r['date']} and rescored on {x['date']} (commit {x.get('commit')}) "
+                       f"with the same models after an inference fix: test kidney Dice {before['kits19_kidney_dice']:.3f} "
+                       f"-> {now['kits19_kidney_dice']:.3f}, tumor {before['kits19_tumor_dice']:.3f} -> "
+                       f"{now['kits19_tumor_dice']:.3f}.")
+    return (["Rescored entries:", "", *out, ""]) if out else []
 
 
 def reading(results: dict) -> str:
