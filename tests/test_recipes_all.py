@@ -2,7 +2,7 @@
 
 For each recipe of ``list_recipes()`` and each of its variants: resolve it as ``kitseg train --tiny``
 does, check that the variant's values survive the tiny overrides, build every stage's network,
-train every stage for one step (``train_recipe``: fingerprint, caches, one epoch of one iteration)
+train every stage for one step (``train_cascade``, as kitseg train: fingerprint, caches, one epoch of one iteration)
 and segment a held-out synthetic CT through ``predict_case``: a uint8 Volume on the input's grid
 with labels in {0, 1, 2}. A variant that changes only the inference side (``final``, ``ensemble``)
 reuses its recipe's trained run. Plotting the training curves is skipped (matplotlib costs more
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kitseg.cascade_training import train_cascade
 from kitseg.errors import KitsegError
 from kitseg.inference import LoadedRun, load_run, predict_case
 from kitseg.nets import build_network
@@ -26,7 +27,6 @@ from kitseg.recipes.schema import Recipe
 from kitseg.recipes.tables import lookup
 from kitseg.training import logs
 from kitseg.training.loop import TrainOptions
-from kitseg.training.train_recipe import train_recipe
 from kitseg.volume import Volume
 from synthetic_kits import make_case, make_kits_dataset
 
@@ -80,11 +80,13 @@ def one_step(recipe: Recipe, overrides: dict | None = None) -> Recipe:
 
 
 def train_and_predict(recipe: Recipe, data: Path, run_dir: Path, ct: Volume) -> Volume:
-    results = train_recipe(recipe, data, run_dir, folds=0, n_splits=2,
-                           options=TrainOptions(seed=0, progress=False, amp=False, val_per_case=1))
+    results = train_cascade(recipe, data, run_dir, folds=0, n_splits=2,  # what kitseg train calls
+                            options=TrainOptions(seed=0, progress=False, amp=False, val_per_case=1))
     joint_firsts = {s.train_with for s in recipe.stages}  # trained inside the later stage's job (train_with)
-    assert [r.stage for r in results] == [s.name for s in recipe.stages if s.name not in joint_firsts
-                                          for _ in range(recipe.ensemble)]  # ensemble members, own seeds
+    expected = [(s.name, 0) for s in recipe.stages if s.name not in joint_firsts for _ in range(recipe.ensemble)]
+    # prior_source predicted: the earlier stage is also trained on fold 1, which predicts fold 0's training cases
+    expected += [(s.prior_source_stage, 1) for s in recipe.stages if s.prior_source_stage]
+    assert sorted((r.stage, r.fold) for r in results) == sorted(expected)  # ensemble members, own seeds
     for r in results:
         assert r.finished and len(r.history) == 1
         assert np.isfinite(r.history[0]["train_loss"]) and np.isfinite(r.history[0]["val_loss"]), r.stage

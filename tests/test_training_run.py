@@ -199,8 +199,8 @@ def test_ensemble_trains_members_with_their_own_seeds_and_predict_averages_them(
     ct = Volume.from_geometry(img, spacing=(3.0, 1.5, 1.5))
     _, both = predict_case(ct, loaded, return_probabilities=True)
     # the same models as two one-member runs ensembled: the same probabilities
-    single = [LoadedRun(loaded.recipe, loaded.dataset, loaded.fingerprint, {s: [m[i]] for s, m in loaded.models.items()})
-              for i in range(2)]
+    single = [LoadedRun(loaded.recipe, loaded.dataset, loaded.fingerprint,
+                        {s: [m[i]] for s, m in loaded.models.items()}) for i in range(2)]
     _, pair = predict_case(ct, single, return_probabilities=True)
     np.testing.assert_allclose(both.array.astype(np.float32), pair.array.astype(np.float32), atol=2e-3)
     model_file = export(run, tmp_path / "model.kitseg")
@@ -220,3 +220,96 @@ def test_ensemble_trains_members_with_their_own_seeds_and_predict_averages_them(
     assert len(load_stage_models(three, "segment")) == 4
     after = load_checkpoint(three / "segment" / "fold_0" / "checkpoint_last.pt")["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_stage_trains_on_its_earlier_stage_cross_validated_predictions(tmp_path, capsys):
+    """prior_source predicted (nnU-Net's cascade): kitseg train trains the localizer on every fold,
+    predicts each case with the fold model that did not see it (RUN/oof/localize), crops stage 2's
+    boxes around those predictions and feeds them as its prior."""
+    import numpy as np
+
+    from kitseg.cli.main import main
+    from kitseg.datasets import open_dataset
+    from kitseg.inference import load_run
+    from kitseg.inference.cascade import run_stages
+    from kitseg.io import read_volume
+    from kitseg.precision import resolve_precision
+    from kitseg.preprocessing.cache import load_case, read_index
+    from kitseg.preprocessing.pipeline import preprocess_case
+    from kitseg.stages.grid import to_entry_grid
+    from kitseg.stages.loaded_run import LoadedRun
+    from kitseg.training.splits import load_splits
+    from kitseg.training.train_recipe import load_train_cases, train_recipe
+
+    data = make_kits_dataset(tmp_path / "data", n=4)
+    recipe_file = write_tiny_recipe(tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    args = ["train", "--recipe", str(recipe_file), "--data", str(data), "-o", str(run), "--no-progress",
+            "--n-splits", "2", "--set", "stages.segment.prior_source=predicted"]
+    assert main(args) == 0
+    assert "segment fold 0: finished" in capsys.readouterr().out
+    assert all((run / "localize" / f"fold_{k}" / "checkpoint_best.pt").is_file() for k in (0, 1))
+    assert not (run / "segment" / "fold_1").exists()
+    oof = run / "oof" / "localize"
+    cases = {c.case_id: c for c in open_dataset(data).cases}
+    assert sorted(p.name for p in oof.iterdir()) == sorted(f"{c}.nii.gz" for c in cases)
+    full = load_run(run)
+    recipe, spec = full.recipe, full.recipe.stage("segment").preprocess
+    cid = load_splits(run / "splits.json").folds[1].val[0]  # held out by fold 1: fold 1's localizer predicts it
+    ct = read_volume(cases[cid].image)
+    head = recipe.model_copy(update={"stages": recipe.stages[:1]})
+    fold1 = LoadedRun(head, full.dataset, full.fingerprint, {"localize": load_stage_models(run, "localize", [1])})
+    prec = resolve_precision("auto", "cpu")  # the training's precision, which the predictions use
+    expected = run_stages(ct, [fold1], torch.device("cpu"), prec=prec, until="localize")["localize"].labels.array
+    predicted = read_volume(oof / f"{cid}.nii.gz").array
+    assert np.array_equal(predicted, expected)
+    # stage 2's cache is cropped around the prediction, and its prior is the prediction on the box's grid
+    cache = run / "cache" / "segment"
+    entries = preprocess_case(ct, read_volume(cases[cid].label), spec, full.fingerprint, case_id=cid,
+                              roi_from=predicted)
+    cached = [load_case(cache, e) for e in read_index(cache).cases[cid]]
+    assert [c.record.crop for c in cached] == [e.record.crop for e in entries]
+    train_cases = load_train_cases(cache, [cid], recipe.stage("segment"), 0, oof)
+    for tc, c in zip(train_cases, cached):
+        assert np.array_equal(tc.prior, to_entry_grid(predicted > 0, c.record) > 0)
+    # without the predictions the stage is refused, with one line
+    with pytest.raises(KitsegError, match="cross-validated predictions"):
+        train_recipe(recipe, data, tmp_path / "other", stages=["segment"], options=TrainOptions(progress=False),
+                     n_splits=2)
+    assert main([*args[:6], str(tmp_path / "only2"), *args[7:], "--stage", "segment"]) == 2
+    assert "train it on every fold first" in capsys.readouterr().err
+
+
+def test_train_cascade_shares_the_time_limit_between_its_training_calls(tmp_path, monkeypatch):
+    """With prior_source predicted, the budget goes to (localize fold 0), (localize's other folds), (segment fold 0)
+    in proportion to their jobs and budget weights; the cross-validated predictions are outside it."""
+    import types
+
+    from kitseg import cascade_training as ct
+    from kitseg.training.loop import StageResult
+
+    clock, calls = [1000.0], []
+
+    def fake_train_recipe(recipe, data_dir, run_dir, *, folds, stages, options, prior_dirs=None, **kw):
+        calls.append((stages, folds, options.time_limit_s, sorted(prior_dirs or {})))
+        out = []
+        for f in ([folds] if isinstance(folds, int) else folds):
+            d = run_dir / stages[0] / f"fold_{f}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "checkpoint_last.pt").write_bytes(b"")
+            out.append(StageResult(stages[0], f, d, 1, True, 1, 0.5))
+        clock[0] += 30.0
+        return out
+
+    monkeypatch.setattr(ct, "train_recipe", fake_train_recipe)
+    monkeypatch.setattr(ct, "predict_out_of_fold", lambda recipe, data, run_dir, stage, options: run_dir / "oof" / stage)
+    monkeypatch.setattr(ct, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    data = make_kits_dataset(tmp_path / "data", n=4)
+    recipe = load_recipe(write_tiny_recipe(tmp_path / "tiny.yaml"), {"stages.segment.prior_source": "predicted",
+                                                                     "stages.segment.budget_weight": 2.0})
+    results = ct.train_cascade(recipe, data, tmp_path / "run", folds=0, n_splits=3,
+                               options=TrainOptions(progress=False, time_limit_s=150.0))
+    assert [(c[0], c[1]) for c in calls] == [(["localize"], [0]), (["localize"], [1, 2]), (["segment"], [0])]
+    # jobs: localize 1 fold (weight 1), localize 2 folds (1 each), segment 1 fold (weight 2): 1 + 2 + 2
+    assert [c[2] for c in calls] == pytest.approx([150 / 5, 120 * 2 / 4, 90 * 2 / 2])
+    assert calls[2][3] == ["segment"] and len(results) == 4

@@ -57,11 +57,11 @@ def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[
     """
     import torch
 
+    from kitseg.cascade_training import train_cascade
     from kitseg.precision import resolve_precision
     from kitseg.recipes import load_recipe
     from kitseg.training.distributed import cleanup, init_distributed
     from kitseg.training.loop import TrainOptions
-    from kitseg.training.train_recipe import train_recipe
 
     overrides = list(sets)
     if tiny and profile not in ("paper", "tiny"):
@@ -82,7 +82,7 @@ def train(recipe: str, data_dir: Path, run_dir: Path, folds: str, stages: tuple[
         options = TrainOptions(seed=seed, device=device, epochs=epochs, until_epoch=until_epoch, resume=resume,
                                progress=not no_progress and dist.is_main, workers=workers, precision=chosen.name,
                                time_limit_s=None if time_limit is None else time_limit * 60.0, dist=dist)
-        results = train_recipe(rec, data_dir, run_dir, folds=folds, stages=list(stages) or None, options=options,
+        results = train_cascade(rec, data_dir, run_dir, folds=folds, stages=list(stages) or None, options=options,
                                n_splits=n_splits, preprocess_workers=max(1, workers), ensemble=ensemble)
     finally:
         cleanup(dist)

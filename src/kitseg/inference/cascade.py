@@ -85,8 +85,23 @@ def predict_case(image: VolumeLike, run: LoadedRun | Sequence[LoadedRun], device
     prec = resolve_precision(precision, dev)
     recipe = runs[0].recipe
     ct = read_volume(image)
+    outputs = run_stages(ct, runs, dev, tta, timings, case_id, prec)
+    result = apply_final_ops(final_labels(recipe.final, outputs, ct), recipe.final, outputs, ct)
+    if timings is not None:
+        timings.total = time.perf_counter() - t0
+    if not return_probabilities:
+        return result
+    return result, _probabilities(recipe.final, outputs, ct)
+
+
+def run_stages(ct: Volume, runs: list[LoadedRun], dev: torch.device, tta: bool = False,
+               timings: CaseTimings | None = None, case_id: str = "case", prec: Precision | None = None,
+               until: str | None = None) -> dict[str, StageOutput]:
+    """Every stage of the (first) run's recipe on ``ct``, in order, or those up to ``until``: each stage's
+    output with its labels on the CT's grid (what ``kitseg.cascade_training`` writes as a stage's
+    cross-validated predictions)."""
     outputs: dict[str, StageOutput] = {}
-    for stage in recipe.stages:
+    for stage in runs[0].recipe.stages:
         ts = time.perf_counter()
         per_run = [preprocess_case(ct, None, r.recipe.stage(stage.name).preprocess, r.fingerprint, case_id=case_id,
                                    roi_from=_roi(stage, outputs, case_id)) for r in runs]
@@ -100,12 +115,9 @@ def predict_case(image: VolumeLike, run: LoadedRun | Sequence[LoadedRun], device
         outputs[stage.name] = StageOutput(stage, entries, labels_on_ct([(e.record, e.labels) for e in entries], ct),
                                           time.perf_counter() - ts)
         _log_stage(outputs[stage.name], case_id, timings)
-    result = apply_final_ops(final_labels(recipe.final, outputs, ct), recipe.final, outputs, ct)
-    if timings is not None:
-        timings.total = time.perf_counter() - t0
-    if not return_probabilities:
-        return result
-    return result, _probabilities(recipe.final, outputs, ct)
+        if stage.name == until:
+            break
+    return outputs
 
 
 def _runs_on(run: LoadedRun | Sequence[LoadedRun], device) -> tuple[list[LoadedRun], torch.device]:
@@ -255,4 +267,4 @@ class _Counter:
         self.total = total
 
 
-__all__ = ["CaseTimings", "Probabilities", "ensemble_note", "flips_for", "infer", "predict_case"]
+__all__ = ["CaseTimings", "Probabilities", "ensemble_note", "flips_for", "infer", "predict_case", "run_stages"]

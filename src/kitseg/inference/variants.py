@@ -18,7 +18,6 @@ import itertools
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from kitseg.errors import KitsegError
 from kitseg.inference.sliding import Predictor, pad_channels, round_up, sliding_window, window_starts

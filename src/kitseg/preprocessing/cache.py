@@ -58,14 +58,28 @@ def _write_entry(cache_dir: Path, entry: Preprocessed, compress: bool) -> None:
 
 
 def _process(job) -> list[CaseRecord]:
-    case, dspec, spec, fingerprint, cache_dir, compress = job
+    case, dspec, spec, fingerprint, cache_dir, compress, roi_dir = job
     image, label = case.load(dspec, need_image=False)
-    entries = preprocess_case(image, label, spec, fingerprint, case_id=case.case_id,
+    roi_from = None if roi_dir is None else read_roi(roi_dir, case.case_id, label)
+    entries = preprocess_case(image, label, spec, fingerprint, case_id=case.case_id, roi_from=roi_from,
                               image_path=None if case.image is None else str(case.image),
                               label_path=None if case.label is None else str(case.label))
     for entry in entries:
         _write_entry(cache_dir, entry, compress)
     return [e.record for e in entries]
+
+
+def read_roi(roi_dir: Path, case_id: str, like) -> np.ndarray:
+    """An earlier stage's predicted labels of a case (``<roi_dir>/<case>.nii.gz``), on the case's grid."""
+    from kitseg.io import read_volume
+
+    path = Path(roi_dir) / f"{case_id}.nii.gz"
+    if not path.is_file():
+        raise KitsegError(f"no prediction of case {case_id} to crop around", path)
+    vol = read_volume(path)
+    if like is not None and vol.shape != like.shape:
+        raise KitsegError(f"prediction of shape {vol.shape} for a case of shape {like.shape}", path)
+    return vol.array
 
 
 def read_index(cache_dir: str | Path) -> CacheIndex:
@@ -104,8 +118,11 @@ def _open_cache(cache_dir: Path, dataset: Dataset, spec: PreprocessSpec, fingerp
 
 def preprocess_dataset(dataset: Dataset, cache_dir: str | Path, spec: PreprocessSpec,
                        fingerprint: Fingerprint | None = None, workers: int = 2, progress: bool = True, *,
-                       compress: bool = True) -> list[CaseRecord]:
+                       compress: bool = True, roi_dir: str | Path | None = None) -> list[CaseRecord]:
     """Preprocess every case of ``dataset`` into ``cache_dir``; resumes where a previous run stopped.
+
+    ``roi_dir``: crop the ROI around an earlier stage's predictions (``<roi_dir>/<case>.nii.gz``, labels
+    on the case's grid; a cascade stage with ``prior_source: predicted``) instead of the ground truth.
 
     A fingerprint is computed when ``spec`` needs one and none is given (or stored in the cache).
     Returns the records of all entries, in dataset order.
@@ -120,7 +137,8 @@ def preprocess_dataset(dataset: Dataset, cache_dir: str | Path, spec: Preprocess
     _open_cache(cache_dir, dataset, spec, fingerprint)
     index = read_index(cache_dir)
     todo = [c for c in dataset.cases if not (c.case_id in index.cases and _is_done(cache_dir, index.cases[c.case_id]))]
-    jobs = [(c, dataset.spec, spec, fingerprint, cache_dir, compress) for c in todo]
+    jobs = [(c, dataset.spec, spec, fingerprint, cache_dir, compress, None if roi_dir is None else Path(roi_dir))
+            for c in todo]
 
     def finished(case: Case, records: list[CaseRecord]) -> None:
         index.cases[case.case_id] = [r.entry_id for r in records]

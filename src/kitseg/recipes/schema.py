@@ -199,6 +199,12 @@ class Stage(_Strict):
     # network feeds its probability to this one (the ``prob:<stage>`` input) and this stage's loss
     # over both stages' targets flows through both networks (TuNet eq. 1, trained end to end).
     train_with: str | None = None
+    # Where training takes this stage's ROI and prior inputs from (issue 18 item 2): "ground_truth" (the
+    # label; with augmentation.prior_degrade it is made to look like a stage output), or "predicted": the
+    # earlier stage's own cross-validated predictions (nnU-Net's cascade), as prediction gets them. That
+    # needs the earlier stage trained on every fold (kitseg train does it, then predicts each training
+    # case with the fold model that did not see it: RUN_DIR/oof/<stage>/).
+    prior_source: Literal["ground_truth", "predicted"] = "ground_truth"
     # Under a time budget (kitseg train --time-limit) each stage gets budget_weight / (the weights of the stages
     # still to train) of what is left; equal by default.
     budget_weight: float = Field(1.0, gt=0)
@@ -219,7 +225,22 @@ class Stage(_Strict):
         if (self.roi_from is None) != (self.preprocess.roi is None):
             raise ValueError("a stage with preprocess.roi needs roi_from (the stage that locates the ROI), "
                              "and roi_from needs preprocess.roi")
+        if self.prior_source == "predicted":
+            sources = set(self.prior_stages) | ({self.roi_from} if self.roi_from else set())
+            if len(sources) != 1:
+                raise ValueError(f"stage {self.name!r}: prior_source predicted needs its ROI and prior inputs to come "
+                                 f"from one earlier stage, not {sorted(sources) or 'none'}")
+            if any(i.kind == "prob" for i in self.typed_inputs) or self.train_with:
+                raise ValueError(f"stage {self.name!r}: prior_source predicted takes masks (mask:, masked_ct:, "
+                                 "roi_from), not probabilities; a prob: input is trained jointly (train_with)")
         return self
+
+    @property
+    def prior_source_stage(self) -> str | None:
+        """The earlier stage whose cross-validated predictions train this one (prior_source predicted)."""
+        if self.prior_source != "predicted":
+            return None
+        return self.roi_from or self.prior_stages[0]
 
     @property
     def typed_inputs(self) -> list[StageInput]:

@@ -35,6 +35,7 @@ from kitseg.stages.inputs import assemble_inputs, background_value, priors_from_
 from kitseg.stages.targets import make_target
 from kitseg.training import augment as aug
 
+PRIOR_BIT = 4  # a predicted prior's bit in the label while a patch is cut (labels are 0..3)
 MAX_LOCATIONS = 10_000  # foreground voxels remembered per class and case (as nnU-Net)
 HARDNESS_MOMENTUM = 0.5  # running mean of a case's loss / false positives: 0.5 old + 0.5 new
 
@@ -42,7 +43,9 @@ HARDNESS_MOMENTUM = 0.5  # running mean of a case's loss / false positives: 0.5 
 @dataclass
 class TrainCase:
     """One cached case ready for sampling. ``image`` (Z, Y, X) is the normalized CT and may be a
-    memory map; ``locations[k]`` holds up to MAX_LOCATIONS voxels (n, 3) of target class k+1."""
+    memory map; ``locations[k]`` holds up to MAX_LOCATIONS voxels (n, 3) of target class k+1.
+    ``prior``: the earlier stage's predicted mask on this grid (uint8 0/1, ``prior_source:
+    predicted``), or None: priors come from the label."""
 
     case_id: str
     image: np.ndarray
@@ -51,10 +54,11 @@ class TrainCase:
     locations: list[np.ndarray]
     fg_slices: np.ndarray
     background: float
+    prior: np.ndarray | None = None
 
 
 def make_train_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing: Sequence[float],
-                    target: TargetSpec, seed: int = 0) -> TrainCase:
+                    target: TargetSpec, seed: int = 0, prior: np.ndarray | None = None) -> TrainCase:
     """Index a case's foreground once (class locations, slices with foreground)."""
     if image.shape != label.shape:
         raise KitsegError(f"case {case_id}: image {image.shape} and label {label.shape} differ in shape")
@@ -67,8 +71,10 @@ def make_train_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing:
             idx = np.sort(rng.choice(idx, MAX_LOCATIONS, replace=False))
         locations.append(np.stack(np.unravel_index(idx, lab.shape), 1).astype(np.int32))
     fg_slices = np.isin(lab, sorted({v for c in target.classes.values() for v in c})).any(axis=(1, 2))
+    if prior is not None and np.shape(prior) != lab.shape:
+        raise KitsegError(f"case {case_id}: prior {np.shape(prior)} and label {lab.shape} differ in shape")
     return TrainCase(case_id, image, lab, tuple(float(s) for s in spacing), locations, fg_slices,
-                     background_value(image))
+                     background_value(image), None if prior is None else (np.asarray(prior) > 0).astype(np.uint8))
 
 
 @dataclass(frozen=True)
@@ -286,10 +292,17 @@ def make_sample(case: TrainCase, draw: Draw, geometry: Geometry, stage: Stage,
     start = [int(c) - p // 2 - (b - p) // 2 for c, p, b in zip(center, patch, box)]
     ct = crop_padded(case.image, start, box, case.background).astype(np.float32, copy=False)
     lab = crop_padded(case.label, start, box, 0)
+    if case.prior is not None:  # the predicted prior rides along in bit 4: one crop, warp and flip for both
+        lab = lab | (crop_padded(case.prior, start, box, 0) << PRIOR_BIT)
     ct, lab = aug.apply_spatial(ct, lab, draw.aug, patch)
     ct, lab = aug.apply_flips([ct, lab], draw.aug)
     ct = aug.apply_intensity(ct, draw.aug, geometry.dims)
-    priors = priors_from_label(lab, stage, targets)
+    if case.prior is not None:
+        given = (lab >> PRIOR_BIT).astype(np.float32)
+        lab = lab & ((1 << PRIOR_BIT) - 1)
+        priors = {s: given for s in stage.prior_stages}
+    else:
+        priors = priors_from_label(lab, stage, targets)
     if draw.aug.prior_block is not None:
         priors = {k: aug.degrade_prior(v, draw.aug, case.spacing) for k, v in priors.items()}
     x = assemble_inputs(ct, priors, stage, case.background)

@@ -62,8 +62,12 @@ def stage_seed(seed: int, fold: int, stage_index: int, member: int = 0) -> int:
 
 
 def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainOptions, n_splits: int = 5,
-                workers: int = 1, stages: list[str] | None = None) -> Splits:
-    """Write the run's description files and the caches of ``stages`` (default all; rank 0); return the splits."""
+                workers: int = 1, stages: list[str] | None = None, prior_dirs: dict[str, Path] | None = None
+                ) -> Splits:
+    """Write the run's description files and the caches of ``stages`` (default all; rank 0); return the splits.
+
+    A stage with ``prior_source: predicted`` is cached only when ``prior_dirs`` holds its earlier stage's
+    cross-validated predictions (``oof_dir``): its boxes are cropped around them."""
     from kitseg.preprocessing.cache import preprocess_dataset
     from kitseg.preprocessing.fingerprint import fingerprint_for
 
@@ -89,8 +93,13 @@ def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainO
             for s in recipe.stages:
                 if stages and s.name not in stages:
                     continue
+                roi_dir = None
+                if s.prior_source_stage:
+                    roi_dir = (prior_dirs or {}).get(s.name)
+                    if roi_dir is None:
+                        continue  # cached once the earlier stage's cross-validated predictions exist
                 preprocess_dataset(dataset, run_dir / "cache" / s.name, s.preprocess, fingerprint, workers=workers,
-                                   progress=options.progress)
+                                   progress=options.progress, roi_dir=roi_dir)
         except KitsegError as exc:
             error = str(exc)
     error = broadcast_object(error, dist)  # every rank fails together rather than waiting forever
@@ -100,9 +109,20 @@ def prepare_run(recipe: Recipe, dataset: Dataset, run_dir: Path, options: TrainO
     return load_splits(run_dir / "splits.json")
 
 
-def load_train_cases(cache_dir: Path, case_ids: list[str], stage: Stage, seed: int) -> list[TrainCase]:
-    """The cached entries (one per case, or one per kidney) of ``case_ids``, indexed for sampling."""
-    from kitseg.preprocessing.cache import load_case, read_index
+def oof_dir(run_dir: str | Path, stage_name: str) -> Path:
+    """Where a stage's cross-validated (out-of-fold) predictions of the training cases are kept: each case
+    predicted by the fold model that did not train on it (labels on the case's grid, ``<case>.nii.gz``)."""
+    return Path(run_dir) / "oof" / stage_name
+
+
+def load_train_cases(cache_dir: Path, case_ids: list[str], stage: Stage, seed: int,
+                     prior_dir: Path | None = None) -> list[TrainCase]:
+    """The cached entries (one per case, or one per kidney) of ``case_ids``, indexed for sampling.
+
+    ``prior_dir``: the earlier stage's cross-validated predictions (``prior_source: predicted``): each
+    entry's prior is that prediction moved onto the entry's grid, as prediction moves it."""
+    from kitseg.preprocessing.cache import load_case, read_index, read_roi
+    from kitseg.stages.grid import to_entry_grid
 
     index = read_index(cache_dir)
     out = []
@@ -110,12 +130,14 @@ def load_train_cases(cache_dir: Path, case_ids: list[str], stage: Stage, seed: i
         if cid not in index.cases:
             raise KitsegError(f"case {cid} is missing from the cache; run kitseg train --resume to finish it",
                               cache_dir)
+        predicted = None if prior_dir is None else read_roi(prior_dir, cid, None) > 0
         for entry in index.cases[cid]:
             cached = load_case(cache_dir, entry)
             if cached.label is None:
                 raise KitsegError(f"cached entry {entry} has no label", cache_dir)
+            prior = None if predicted is None else to_entry_grid(predicted, cached.record)
             out.append(make_train_case(entry, cached.image[0], cached.label, cached.record.spacing, stage.target,
-                                       seed + i))
+                                       seed + i, prior))
     return out
 
 
@@ -141,12 +163,17 @@ def parse_folds(folds: str | int | list[int] | None, n_folds: int) -> list[int]:
 
 def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, folds: str | int | list[int] | None = 0,
                  stages: list[str] | None = None, options: TrainOptions = TrainOptions(), n_splits: int = 5,
-                 preprocess_workers: int = 1, ensemble: int | None = None) -> list[StageResult]:
+                 preprocess_workers: int = 1, ensemble: int | None = None, prior_dirs: dict[str, Path] | None = None
+                 ) -> list[StageResult]:
     """Prepare the run folder and train the chosen stages on the chosen folds (see the module docstring).
 
     ``ensemble`` (default ``recipe.ensemble``): networks trained per (stage, fold), each with its own seed
     (weights, sampling, augmentation); member 0 in ``<stage>/fold_<k>``, member m in
     ``<stage>/fold_<k>/member_<m>``. Prediction averages every member of every fold.
+
+    ``prior_dirs``: stage name -> the folder of its earlier stage's cross-validated predictions, for the
+    stages with ``prior_source: predicted`` (``kitseg.cascade_training.train_cascade`` makes them; training
+    such a stage without them is refused).
 
     ``options.time_limit_s`` is the budget of the training of all chosen stages and folds, counted
     from the end of the preprocessing: each (stage, fold), in order, gets ``time_share`` of what is
@@ -160,7 +187,12 @@ def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, f
         if name not in names:
             raise KitsegError(f"recipe {recipe.name!r} has no stage {name!r}; its stages: {', '.join(names)}")
     parse_folds(folds, expected_folds(run_dir, len(dataset.cases), n_splits))  # before hours of preprocessing
-    splits = prepare_run(recipe, dataset, run_dir, options, n_splits, preprocess_workers, stages)
+    for s in recipe.stages:
+        if s.prior_source_stage and (not stages or s.name in stages) and s.name not in (prior_dirs or {}):
+            raise KitsegError(f"stage {s.name!r} trains on stage {s.prior_source_stage!r}'s cross-validated "
+                              f"predictions (prior_source: predicted); train it with kitseg train, which makes them "
+                              f"(kitseg.cascade_training.train_cascade)")
+    splits = prepare_run(recipe, dataset, run_dir, options, n_splits, preprocess_workers, stages, prior_dirs)
     fold_list = parse_folds(folds, len(splits.folds))
     targets = {s.name: s.target for s in recipe.stages}
     joint_firsts = {s.train_with: s.name for s in recipe.stages if s.train_with}
@@ -185,8 +217,9 @@ def train_recipe(recipe: Recipe, data_dir: str | Path, run_dir: str | Path, *, f
 
             pair = joint_pair(recipe, stage)
             stage, net_record, out_dir = joint_stage(*pair), joint_record(*pair), out_dir / "joint"
-        train = load_train_cases(cache_dir, split.train, stage, seed)
-        val = load_train_cases(cache_dir, split.val, stage, seed + 10_000)
+        prior_dir = (prior_dirs or {}).get(stage.name) if stage.prior_source_stage else None
+        train = load_train_cases(cache_dir, split.train, stage, seed, prior_dir)
+        val = load_train_cases(cache_dir, split.val, stage, seed + 10_000, prior_dir)
         weights = [s.budget_weight for _, s, _, _ in jobs[k:]]
         share = None if deadline is None else time_share(deadline - time.monotonic(), len(jobs) - k,
                                                            weights[0] / sum(weights) * len(weights))
