@@ -197,8 +197,9 @@ def rescored_notes(results: dict) -> list[str]:
             before = x["before"]["test"]
             now = r["test"]["mean"]
             out.append(f"- `{entry}` was trained on {r['date']} and rescored on {x['date']} (commit {x.get('commit')}) "
-                       f"with the same models after an inference fix: test kidney Dice {before['kits19_kidney_dice']:.3f} "
-                       f"-> {now['kits19_kidney_dice']:.3f}, tumor {before['kits19_tumor_dice']:.3f} -> "
+                       f"with the same models after an inference fix: test kidney Dice "
+                       f"{before['kits19_kidney_dice']:.3f} -> {now['kits19_kidney_dice']:.3f}, tumor "
+                       f"{before['kits19_tumor_dice']:.3f} -> "
                        f"{now['kits19_tumor_dice']:.3f}.")
     return (["Rescored entries:", "", *out, ""]) if out else []
 
