@@ -190,7 +190,8 @@ def markdown(results: dict, figure: Path | None) -> str:
 
 
 def rescored_notes(results: dict) -> list[str]:
-    """One line per entry whose trained run was predicted and scored again (``--rescore``)."""
+    """One line per entry whose trained run was predicted and scored again (``--rescore``) or that is scored
+    with another entry's networks (``--reuse``)."""
     out = []
     for entry, r in results.items():
         for x in r.get("rescored", []):
@@ -201,7 +202,12 @@ def rescored_notes(results: dict) -> list[str]:
                        f"{before['kits19_kidney_dice']:.3f} -> {now['kits19_kidney_dice']:.3f}, tumor "
                        f"{before['kits19_tumor_dice']:.3f} -> "
                        f"{now['kits19_tumor_dice']:.3f}.")
-    return (["Rescored entries:", "", *out, ""]) if out else []
+    for entry, r in results.items():
+        if r.get("reused_run"):
+            out.append(f"- `{entry}` was not trained: it is scored with `{r['reused_run']['entry']}`'s trained networks "
+                       f"(it differs only in post-processing, final step or inference), so the two form a paired "
+                       f"comparison of the same networks; its training rows are that entry's.")
+    return (["Entries scored again or with another entry's networks:", "", *out, ""]) if out else []
 
 
 def reading(results: dict) -> str:

@@ -257,6 +257,82 @@ def rescore(args, work: Path, command: str) -> None:
         update(args.force)
 
 
+INFERENCE_SIDE = ("postprocess", "inference")  # stage fields that do not change what a network learns
+
+
+def training_part(recipe) -> dict:
+    """A recipe without what only prediction reads (``final``, each stage's post-processing and inference)."""
+    data = recipe.model_dump(mode="json")
+    for key in ("final", "citations", "deviations", "variants", "tiny", "cpu", "description", "title", "name",
+                "profile"):
+        data.pop(key, None)
+    for stage in data["stages"]:
+        for key in (*INFERENCE_SIDE, "description"):
+            stage.pop(key, None)
+    return data
+
+
+def reuse_worker(args) -> dict:
+    """Predict and score the test and validation cases with another entry's trained networks under this
+    entry's recipe (which may differ from it in post-processing, final step and inference only)."""
+    import dataclasses
+
+    import torch
+
+    from kitseg.inference import load_run
+
+    torch.set_num_threads(args.threads)
+    base = Path(args.work)
+    src_dir = base / file_name(args.reuse) / "run"
+    if not (src_dir / "recipe.json").is_file():
+        raise SystemExit(f"{src_dir}: no trained run of {args.reuse}; train it first")
+    run = load_run(src_dir, device="cpu")
+    recipe = entry_recipe(args.worker)
+    # the source run was trained with planned epochs (a cap) that the entry's own recipe does not have
+    trained = training_part(run.recipe)
+    mine = training_part(recipe)
+    for a, b in zip(trained["stages"], mine["stages"]):
+        b["epochs"], b["iterations_per_epoch"] = a["epochs"], a["iterations_per_epoch"]
+    if trained != mine:
+        raise SystemExit(f"{args.worker} trains differently from {args.reuse}: it cannot reuse its networks")
+    run = dataclasses.replace(run, recipe=recipe.model_copy(update={"stages": [
+        s.model_copy(update={"epochs": t.epochs, "iterations_per_epoch": t.iterations_per_epoch})
+        for s, t in zip(recipe.stages, run.recipe.stages)]}))
+    mdir = base / file_name(args.worker)
+    if mdir.exists():
+        shutil.rmtree(mdir)
+    val_dir = split_folder((base / "train").resolve(), mdir / "val_cases",
+                           sorted(p.name for p in (base / file_name(args.reuse) / "val_cases").iterdir()
+                                  if p.name.startswith("case_")))
+    return {"test": predict_and_score(run, base / "test", mdir / "test"),
+            "val": predict_and_score(run, val_dir, mdir / "val")}
+
+
+def reuse(args, work: Path, command: str) -> None:
+    """``--reuse ENTRY``: the entries scored with ENTRY's trained run; training figures are ENTRY's."""
+    src_path = BOARD / (file_name(args.reuse) + ".json")
+    if not src_path.is_file():
+        raise SystemExit(f"{src_path}: no result of {args.reuse} to reuse")
+    src = json.loads(src_path.read_text(encoding="utf-8"))
+    for e in args.entries:
+        print(f"{e}: predicting with {args.reuse}'s trained networks", flush=True)
+        r = _common.spawn(__file__, ["--worker", e, "--reuse", args.reuse, "--work", str(work)], args.threads, e)
+        name, _, variant = e.partition(":")
+        out = {**src, "entry": e, "recipe": name, "variant": variant or None,
+               "cpu_profile": recipe_cpu_section(name, variant), "test": r["test"], "val": r["val"],
+               "reused_run": {"entry": args.reuse, "date": _common.now(), "machine": _common.machine(),
+                              "command": command, "commit": _common.git_commit()}}
+        out.pop("rescored", None)
+        path = BOARD / (file_name(e) + (f"@{args.tag}" if args.tag else "") + ".json")
+        tmp = path.with_name(f".{path.name}.part")
+        tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        print(f"{e}: test " + ", ".join(f"{METRICS[k]} {report.fmt(v)}" for k, v in r["test"]["mean"].items())
+              + f"; validation composite {report.fmt(r['val']['mean']['kits19_composite'])}; wrote {path}", flush=True)
+    if not args.no_update and not args.tag:
+        update(args.force)
+
+
 def recipe_cpu_section(name: str, variant: str | None) -> dict:
     import yaml
 
@@ -303,10 +379,15 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--rescore-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reuse", metavar="ENTRY", help="score the entries with ENTRY's trained run instead of "
+                    "training them: for variants that change only post-processing, the final step or inference "
+                    "(e.g. fcn_ppm:no_crf --reuse fcn_ppm), a paired comparison of the same networks; refused when "
+                    "the training differs")
     ap.add_argument("--command", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        _common.worker_exit(rescore_worker(args) if args.rescore_worker else worker(args))
+        _common.worker_exit(rescore_worker(args) if args.rescore_worker else
+                            reuse_worker(args) if args.reuse else worker(args))
     if args.report:
         update(args.force)
         return
@@ -328,6 +409,9 @@ def main() -> None:
     command = _common.command("bench_accuracy.py")
     if args.rescore:
         rescore(args, work, command)
+        return
+    if args.reuse:
+        reuse(args, work, command)
         return
     for e in args.entries:
         print(f"{e}: training at the cpu profile for {args.budget_min:g} min, then predicting", flush=True)
