@@ -205,8 +205,8 @@ def rescored_notes(results: dict) -> list[str]:
     for entry, r in results.items():
         if r.get("reused_run"):
             out.append(f"- `{entry}` was not trained: it is scored with `{r['reused_run']['entry']}`'s trained "
-                       f"networks (it differs only in post-processing, final step or inference), so the two form a paired "
-                       f"comparison of the same networks; its training rows are that entry's.")
+                       "networks (it differs only in post-processing, final step or inference), so the two form a "
+                       "paired comparison of the same networks; its training rows are that entry's.")
     return (["Entries scored again or with another entry's networks:", "", *out, ""]) if out else []
 
 
