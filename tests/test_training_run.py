@@ -302,7 +302,7 @@ def test_train_cascade_shares_the_time_limit_between_its_training_calls(tmp_path
         return out
 
     monkeypatch.setattr(ct, "train_recipe", fake_train_recipe)
-    monkeypatch.setattr(ct, "predict_out_of_fold", lambda recipe, data, run_dir, stage, options: run_dir / "oof" / stage)
+    monkeypatch.setattr(ct, "predict_out_of_fold", lambda recipe, data, run, stage, options: run / "oof" / stage)
     monkeypatch.setattr(ct, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     data = make_kits_dataset(tmp_path / "data", n=4)
     recipe = load_recipe(write_tiny_recipe(tmp_path / "tiny.yaml"), {"stages.segment.prior_source": "predicted",
