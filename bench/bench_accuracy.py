@@ -217,7 +217,8 @@ def worker(args) -> dict:
 
 
 def rescore_worker(args) -> dict:
-    """Predict and score an entry's trained run again (test and validation cases): the models stay."""
+    """Predict and score an entry's trained run again (test and validation cases) with the entry's post-processing,
+    final step and inference as its recipe has them now: the networks stay (refused if their training changed)."""
     import torch
 
     from kitseg.inference import load_run
@@ -226,7 +227,7 @@ def rescore_worker(args) -> dict:
     mdir = Path(args.work) / file_name(args.worker)
     if not (mdir / "run" / "recipe.json").is_file():
         raise SystemExit(f"{mdir / 'run'}: no trained run to rescore; train the entry first")
-    run = load_run(mdir / "run", device="cpu")
+    run = with_inference_of(load_run(mdir / "run", device="cpu"), entry_recipe(args.worker), args.worker)
     for part in ("test", "val"):  # predict_folder keeps outputs that exist (it resumes): start afresh
         if (mdir / part).exists():
             shutil.rmtree(mdir / part)
@@ -244,7 +245,8 @@ def rescore(args, work: Path, command: str) -> None:
         print(f"{e}: predicting and scoring the trained run again", flush=True)
         r = _common.spawn(__file__, ["--worker", e, "--rescore-worker", "--work", str(work)], args.threads, e)
         before = {k: old[k]["mean"] for k in ("test", "val")}
-        old.update(test=r["test"], val=r["val"])
+        name, _, variant = e.partition(":")
+        old.update(test=r["test"], val=r["val"], cpu_profile=recipe_cpu_section(name, variant))
         old.setdefault("rescored", []).append({"date": _common.now(), "machine": _common.machine(),
                                                "command": command, "commit": _common.git_commit(),
                                                "before": before})
@@ -272,11 +274,24 @@ def training_part(recipe) -> dict:
     return data
 
 
+def with_inference_of(run, recipe, trained_as: str):
+    """``run`` predicting with ``recipe``'s post-processing, final step and inference (the entry's recipe as it is
+    now); refused when ``recipe`` would train the networks differently from how ``run``'s were trained."""
+    import dataclasses
+
+    trained, mine = training_part(run.recipe), training_part(recipe)
+    for a, b in zip(trained["stages"], mine["stages"]):  # the run's epochs were planned for the budget (a cap)
+        b["epochs"], b["iterations_per_epoch"] = a["epochs"], a["iterations_per_epoch"]
+    if trained != mine:
+        raise SystemExit(f"{recipe.name} now trains differently from the networks of {trained_as}: retrain it")
+    return dataclasses.replace(run, recipe=recipe.model_copy(update={"stages": [
+        s.model_copy(update={"epochs": t.epochs, "iterations_per_epoch": t.iterations_per_epoch})
+        for s, t in zip(recipe.stages, run.recipe.stages)]}))
+
+
 def reuse_worker(args) -> dict:
     """Predict and score the test and validation cases with another entry's trained networks under this
     entry's recipe (which may differ from it in post-processing, final step and inference only)."""
-    import dataclasses
-
     import torch
 
     from kitseg.inference import load_run
@@ -286,18 +301,7 @@ def reuse_worker(args) -> dict:
     src_dir = base / file_name(args.reuse) / "run"
     if not (src_dir / "recipe.json").is_file():
         raise SystemExit(f"{src_dir}: no trained run of {args.reuse}; train it first")
-    run = load_run(src_dir, device="cpu")
-    recipe = entry_recipe(args.worker)
-    # the source run was trained with planned epochs (a cap) that the entry's own recipe does not have
-    trained = training_part(run.recipe)
-    mine = training_part(recipe)
-    for a, b in zip(trained["stages"], mine["stages"]):
-        b["epochs"], b["iterations_per_epoch"] = a["epochs"], a["iterations_per_epoch"]
-    if trained != mine:
-        raise SystemExit(f"{args.worker} trains differently from {args.reuse}: it cannot reuse its networks")
-    run = dataclasses.replace(run, recipe=recipe.model_copy(update={"stages": [
-        s.model_copy(update={"epochs": t.epochs, "iterations_per_epoch": t.iterations_per_epoch})
-        for s, t in zip(recipe.stages, run.recipe.stages)]}))
+    run = with_inference_of(load_run(src_dir, device="cpu"), entry_recipe(args.worker), args.reuse)
     mdir = base / file_name(args.worker)
     if mdir.exists():
         shutil.rmtree(mdir)
@@ -373,8 +377,9 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only rebuild the section and the figure from "
                     "bench/results/leaderboard/*.json")
     ap.add_argument("--rescore", action="store_true", help="predict and score the entries' trained runs again "
-                    "(after an inference fix) without retraining; the JSON keeps its training figures and records "
-                    "the rescoring")
+                    "(after an inference fix, or with the recipe's new post-processing or inference settings) without "
+                    "retraining (refused when the recipe now trains differently); the JSON keeps its training figures "
+                    "and records the rescoring")
     _common.add_force_flag(ap)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
