@@ -190,24 +190,27 @@ def markdown(results: dict, figure: Path | None) -> str:
 
 
 def rescored_notes(results: dict) -> list[str]:
-    """One line per entry whose trained run was predicted and scored again (``--rescore``) or that is scored
-    with another entry's networks (``--reuse``)."""
+    """One line per entry whose trained run was predicted and scored again (``--rescore``), that is scored
+    with another entry's networks (``--reuse``), or whose JSON carries a ``note`` (e.g. trained under load)."""
     out = []
     for entry, r in results.items():
-        for x in r.get("rescored", []):
+        rescored = r.get("rescored", [])
+        for i, x in enumerate(rescored):
             before = x["before"]["test"]
-            now = r["test"]["mean"]
-            out.append(f"- `{entry}` was trained on {r['date']} and rescored on {x['date']} (commit {x.get('commit')}) "
-                       f"with the same models after an inference fix: test kidney Dice "
-                       f"{before['kits19_kidney_dice']:.3f} -> {now['kits19_kidney_dice']:.3f}, tumor "
-                       f"{before['kits19_tumor_dice']:.3f} -> "
-                       f"{now['kits19_tumor_dice']:.3f}.")
+            after = rescored[i + 1]["before"]["test"] if i + 1 < len(rescored) else r["test"]["mean"]
+            out.append(f"- `{entry}` (trained {r['date']}) rescored on {x['date']} (commit {x.get('commit')}) with the "
+                       f"same networks{' (' + x['reason'] + ')' if x.get('reason') else ''}: test kidney Dice "
+                       f"{before['kits19_kidney_dice']:.3f} -> {after['kits19_kidney_dice']:.3f}, tumor "
+                       f"{before['kits19_tumor_dice']:.3f} -> {after['kits19_tumor_dice']:.3f}.")
     for entry, r in results.items():
         if r.get("reused_run"):
             out.append(f"- `{entry}` was not trained: it is scored with `{r['reused_run']['entry']}`'s trained "
                        "networks (it differs only in post-processing, final step or inference), so the two form a "
                        "paired comparison of the same networks; its training rows are that entry's.")
-    return (["Entries scored again or with another entry's networks:", "", *out, ""]) if out else []
+    for entry, r in results.items():
+        if r.get("note"):
+            out.append(f"- `{entry}`: {r['note']}")
+    return (["Notes on the entries:", "", *out, ""]) if out else []
 
 
 def reading(results: dict) -> str:

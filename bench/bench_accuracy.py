@@ -249,7 +249,7 @@ def rescore(args, work: Path, command: str) -> None:
         old.update(test=r["test"], val=r["val"], cpu_profile=recipe_cpu_section(name, variant))
         old.setdefault("rescored", []).append({"date": _common.now(), "machine": _common.machine(),
                                                "command": command, "commit": _common.git_commit(),
-                                               "before": before})
+                                               "reason": args.reason, "before": before})
         tmp = path.with_name(f".{path.name}.part")
         tmp.write_text(json.dumps(old, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, path)
@@ -384,6 +384,7 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--rescore-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reason", help="with --rescore: why, in a few words (shown in BENCHMARKS.md)")
     ap.add_argument("--reuse", metavar="ENTRY", help="score the entries with ENTRY's trained run instead of "
                     "training them: for variants that change only post-processing, the final step or inference "
                     "(e.g. fcn_ppm:no_crf --reuse fcn_ppm), a paired comparison of the same networks; refused when "
