@@ -250,11 +250,8 @@ def rescore(args, work: Path, command: str) -> None:
         old.setdefault("rescored", []).append({"date": _common.now(), "machine": _common.machine(),
                                                "command": command, "commit": _common.git_commit(),
                                                "reason": args.reason, "before": before})
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(json.dumps(old, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        print(f"{e}: test " + ", ".join(f"{METRICS[k]} {report.fmt(v)}" for k, v in r["test"]["mean"].items())
-              + f" (was composite {report.fmt(before['test']['kits19_composite'])}); wrote {path}", flush=True)
+        write_result(path, old, e, r["test"],
+                     f" (was composite {report.fmt(before['test']['kits19_composite'])})")
     if not args.no_update and not args.tag:
         update(args.force)
 
@@ -328,11 +325,8 @@ def reuse(args, work: Path, command: str) -> None:
                               "command": command, "commit": _common.git_commit()}}
         out.pop("rescored", None)
         path = BOARD / (file_name(e) + (f"@{args.tag}" if args.tag else "") + ".json")
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        print(f"{e}: test " + ", ".join(f"{METRICS[k]} {report.fmt(v)}" for k, v in r["test"]["mean"].items())
-              + f"; validation composite {report.fmt(r['val']['mean']['kits19_composite'])}; wrote {path}", flush=True)
+        write_result(path, out, e, r["test"],
+                     f"; validation composite {report.fmt(r['val']['mean']['kits19_composite'])}")
     if not args.no_update and not args.tag:
         update(args.force)
 
@@ -427,15 +421,20 @@ def main() -> None:
                           args.threads, e)
         r.update(render=render, train_ids=ids[:n_train], test_ids=ids[n_train:], start_load=_common.START_LOAD)
         path = BOARD / (file_name(e) + (f"@{args.tag}" if args.tag else "") + ".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        print(f"{e}: test " + ", ".join(f"{METRICS[k]} {report.fmt(v)}" for k, v in r["test"]["mean"].items())
-              + f"; validation composite {report.fmt(r['val']['mean']['kits19_composite'])}; trained "
-              f"{r['train_s']:.0f} s; wrote {path}", flush=True)
+        val = report.fmt(r["val"]["mean"]["kits19_composite"])
+        write_result(path, r, e, r["test"], f"; validation composite {val}; trained {r['train_s']:.0f} s")
     if not args.no_update and not args.tag:
         update(args.force)
+
+
+def write_result(path: Path, result: dict, entry: str, test: dict, tail: str = "") -> None:
+    """Write an entry's JSON atomically and print its test means (and ``tail``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    print(f"{entry}: test " + ", ".join(f"{METRICS[k]} {report.fmt(v)}" for k, v in test["mean"].items())
+          + f"{tail}; wrote {path}", flush=True)
 
 
 def update(force: bool = False) -> None:
