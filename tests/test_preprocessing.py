@@ -242,6 +242,32 @@ def test_kidney_boxes_each_and_with_tumor():
     assert z_only == [(slice(2, 8), slice(0, 20), slice(0, 40))]
 
 
+@pytest.mark.parametrize("in_plane_mm", [0.74, 3.0])
+def test_fcn_ppm_roi_holds_one_kidney_on_fine_and_coarse_grids(in_plane_mm):
+    """The FCN's ROI is 150 pixels of the paper's 0.74 mm CT (111 mm) on every grid: at 0.74 mm at
+    least 150 pixels, and on a coarse 128-pixel slice (the benchmark's phantoms) still one kidney per
+    box, where 150 pixels would span the slice and hold both."""
+    from kitseg.recipes import load_recipe
+    for variant in (None, "lesioned_kidney_only"):
+        roi = load_recipe("fcn_ppm", variant=variant).stage("fcn").preprocess.roi
+        spacing = (3.0, in_plane_mm, in_plane_mm)
+        n = int(round(400 / in_plane_mm))  # a 40 cm field of view
+        lab = np.zeros((20, n, n), np.uint8)
+        yy, xx = np.ogrid[:n, :n]
+        for cx_mm in (130.0, 270.0):  # kidney centres 14 cm apart, 6 cm wide, 10 cm deep
+            cy, cx = 230 / in_plane_mm, cx_mm / in_plane_mm
+            inside = ((yy - cy) * in_plane_mm / 50) ** 2 + ((xx - cx) * in_plane_mm / 30) ** 2 <= 1
+            lab[5:15][:, inside] = 1
+        boxes = kidney_boxes(lab, spacing, roi.margin_mm, kidneys=roi.kidneys, min_shape=roi.min_voxels(spacing))
+        assert len(boxes) == (2 if variant is None else 1)
+        for box in boxes:
+            sides = {int(x >= n // 2) for x in np.nonzero(lab[box].any(axis=(0, 1)))[0] + box[2].start}
+            assert len(sides) == 1  # one kidney's voxels only
+            assert box[1].stop - box[1].start >= min(n, 111 / in_plane_mm)
+            if in_plane_mm == 0.74:
+                assert box[2].stop - box[2].start >= 150
+
+
 # ---------------------------------------------------------------------------------------------
 # Intensity schemes, each against a hand computation
 # ---------------------------------------------------------------------------------------------

@@ -240,8 +240,9 @@ PRESETS: dict[str, PreprocessSpec] = {
     "vnet25d": _spec(slice_spacing=1.0, roi=RoiSpec(margin_mm=0.0, axes="z"),
                      intensity=IntensitySpec(scheme="kidney_window", window=(-160.0, 240.0))),
     # 3D FCN-PPM II and III.B.1: a 150x150-pixel ROI around the (lesioned) kidney, no resampling,
-    # clip to -200..500 HU, scale to 0..1, subtract the dataset mean.
-    "fcn_ppm": _spec(roi=RoiSpec(margin_mm=0.0, kidneys="with_tumor", min_shape=(1, 150, 150)),
+    # clip to -200..500 HU, scale to 0..1, subtract the dataset mean. 150 pixels of the paper's
+    # 0.59-0.74 mm CTs (III.A) are kept as a physical size, 111 mm, on every grid.
+    "fcn_ppm": _spec(roi=RoiSpec(margin_mm=0.0, kidneys="with_tumor", min_size_mm=(0.0, 111.0, 111.0)),
                      intensity=IntensitySpec(scheme="window", window=(-200.0, 500.0), scope="roi",
                                              subtract_dataset_mean=True)),
     # MLPerf Training KiTS19 3D U-Net reference: 1.6 x 1.2 x 1.2 mm, clip -79..304 HU,
