@@ -328,3 +328,26 @@ def test_drop_small_tumors_relabels_specks_as_kidney_and_keeps_the_case_tumor():
     assert (drop_small_tumors(labels, 0.001) == labels).all()  # no thresholds: nothing changes
     single = np.where(speck, 2, np.where(kidney, 1, 0)).astype(np.uint8)
     assert (drop_small_tumors(single, 0.001, min_fraction=0.5) == single).all()  # the largest always stays
+
+
+def test_class_threshold_turns_unsure_tumor_inside_the_kidney_into_tumor_only():
+    from kitseg.recipes import load_recipe
+    from kitseg.stages.ops import OpContext, class_threshold
+    from kitseg.volume import Volume
+
+    stage = load_recipe("kitseg_cascade", profile="cpu").stage("segment")  # softmax: background, kidney, tumor
+    probs = np.zeros((3, 4, 6, 6), np.float32)
+    probs[0] = 1.0
+    probs[:, 1:3, 1:5, 1:5] = np.array([0.1, 0.6, 0.3])[:, None, None, None]  # the kidney: argmax kidney
+    probs[:, 2, 2:4, 2:4] = np.array([0.2, 0.45, 0.35])[:, None, None]  # a small tumor the kidney outvotes
+    probs[:, 0, 0, 0] = np.array([0.6, 0.0, 0.4])  # unsure tumor in the background: stays background
+    labels = np.where(probs.argmax(0) == 1, 1, 0).astype(np.uint8)
+    context = OpContext(stage, probs, None, Volume(np.zeros((4, 6, 6), np.int16), np.eye(4)))
+    out = class_threshold(labels, context, cls="tumor", min_prob=0.33)
+    assert (out[2, 2:4, 2:4] == 2).all() and (out == 2).sum() == 4
+    assert out[0, 0, 0] == 0 and ((out > 0) == (labels > 0)).all()
+    assert (class_threshold(labels, context, cls="tumor", min_prob=0.36) == labels).all()
+    with pytest.raises(KitsegError, match="classes are kidney, tumor"):
+        class_threshold(labels, context, cls="cyst", min_prob=0.3)
+    with pytest.raises(KitsegError, match="needs a softmax stage's probabilities"):
+        class_threshold(labels, OpContext(stage, None, None, context.ct), min_prob=0.3)

@@ -125,6 +125,11 @@ class DropSmallTumorsParams(_Params):
     connectivity: Connectivity = 26
 
 
+class ClassThresholdParams(_Params):
+    cls: str = "tumor"
+    min_prob: float = Field(gt=0, lt=1)
+
+
 class CrfParams(_Params):
     iterations: int = Field(5, ge=1)
     smooth_sigma_mm: float = Field(3.0, gt=0)
@@ -142,10 +147,11 @@ STAGE_OPS = Registry("post-processing op", {
     "median": "kitseg.stages.ops:median",
     "tumor_in_kidney": "kitseg.stages.ops:tumor_in_kidney",
     "drop_small_tumors": "kitseg.stages.ops:drop_small_tumors",
+    "class_threshold": "kitseg.stages.ops:class_threshold",
     "crf": "kitseg.stages.ops:crf",
 }, params={"largest_components": LargestComponentsParams, "kidneys_by_side": KidneysBySideParams,
            "median": _Params, "tumor_in_kidney": TumorInKidneyParams, "drop_small_tumors": DropSmallTumorsParams,
-           "crf": CrfParams})
+           "class_threshold": ClassThresholdParams, "crf": CrfParams})
 
 # The recipe's final step: op(final, outputs, ct) -> uint8 labels on the CT's grid.
 FINAL_OPS = Registry("final op", {

@@ -47,7 +47,9 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
 
     ``profile``: ``paper`` (or None: the recipe as written), ``tiny`` (the recipe's ``tiny``
     section, or ``kitseg.recipes.profiles.generic_tiny`` when it has none) or ``cpu`` (the recipe's
-    ``cpu`` section). ``tiny=True`` is the older spelling of ``profile="tiny"``."""
+    ``cpu`` section; a variant's own ``cpu`` section changes those keys of it and keeps the others, while
+    a variant's ``tiny`` section replaces the recipe's). ``tiny=True`` is the older spelling of
+    ``profile="tiny"``."""
     if tiny:
         if profile not in (None, "tiny"):
             raise KitsegError(f"--tiny and --profile {profile} contradict each other; give one")
@@ -66,7 +68,11 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
         if variant not in variants:
             raise KitsegError(f"recipe {data.get('name')!r} has no variant {variant!r}; "
                               f"variants: {', '.join(variants) or 'none'}", path)
-        data = apply_overrides(data, variants[variant], path)
+        chosen = dict(variants[variant] or {})
+        cpu = chosen.pop("cpu", None)  # a variant's cpu keys change the recipe's cpu profile, key by key
+        data = apply_overrides(data, chosen, path)
+        if cpu:
+            data["cpu"] = {**(data.get("cpu") or {}), **cpu}
     if profile == "cpu":
         if not data.get("cpu"):
             raise KitsegError(f"recipe {data.get('name')!r} has no cpu profile (a `cpu` section)", path)

@@ -95,6 +95,26 @@ def drop_small_tumors(labels: np.ndarray, context: OpContext, **params) -> np.nd
     return post.drop_small_tumors(labels, context.voxel_ml(), **params)
 
 
+def class_threshold(labels: np.ndarray, context: OpContext, cls: str = "tumor", min_prob: float = 0.5) -> np.ndarray:
+    """Inside the stage's foreground, voxels whose probability of class ``cls`` is at least ``min_prob``
+    take that class's label (kitseg's, not a paper's): a decision threshold for one class in place of
+    argmax's, so that a class the network is unsure of (a small tumor) is not outvoted by its neighbour
+    (the kidney around it). Softmax stages only, as a stage's post-processing (it needs the probabilities)."""
+    stage = context.stage
+    if stage.target.kind != "softmax" or context.probs is None:
+        raise KitsegError(f"stage {stage.name!r}: the class_threshold post-processing needs a softmax stage's "
+                          "probabilities (use it in a stage's postprocess, not in final.postprocess)")
+    names = list(stage.target.classes)
+    if cls not in names:
+        raise KitsegError(f"stage {stage.name!r}: class_threshold names class {cls!r}; the stage's classes are "
+                          f"{', '.join(names)}")
+    channel = 1 + names.index(cls)  # softmax channel 0 is the background
+    label = classes_to_labels(np.array([channel]), stage.target)[0]
+    out = np.array(labels, copy=True)
+    out[(out > 0) & (context.probs[channel] >= min_prob)] = label
+    return out
+
+
 def crf(labels: np.ndarray, context: OpContext, **params) -> np.ndarray:
     """A dense CRF on the softmax probabilities and the CT (3D FCN-PPM II.B); replaces the labels."""
     stage, record = context.stage, context.record
