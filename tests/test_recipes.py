@@ -143,12 +143,12 @@ def test_post_processing_parameters_are_checked_against_the_op_when_the_recipe_l
 
 def test_a_variants_cpu_section_changes_only_its_keys_of_the_cpu_profile():
     base = load_recipe("kitseg_cascade", profile="cpu")
-    trial = load_recipe("kitseg_cascade", variant="tumor_p30", profile="cpu")
-    assert [p.op for p in trial.stage("segment").postprocess][0] == "class_threshold"
-    assert trial.stage("segment").postprocess[1:] == base.stage("segment").postprocess
+    trial = load_recipe("kitseg_cascade", variant="tumor_argmax", profile="cpu")
+    assert [p.op for p in base.stage("segment").postprocess][0] == "class_threshold"
+    assert trial.stage("segment").postprocess == base.stage("segment").postprocess[1:]
     assert trial.stage("segment").patch_size == base.stage("segment").patch_size == [32, 96, 96]
     assert trial.stage("localize").postprocess == base.stage("localize").postprocess
     assert load_recipe("kitseg_cascade", variant="batch_dice", profile="cpu").stage("segment").loss.params == {
         "batch_dice": True}
-    assert load_recipe("kitseg_cascade", variant="tumor_p30").stage("segment").postprocess == load_recipe(
+    assert load_recipe("kitseg_cascade", variant="tumor_argmax").stage("segment").postprocess == load_recipe(
         "kitseg_cascade").stage("segment").postprocess  # the paper-size recipe is not touched
