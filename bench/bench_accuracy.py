@@ -334,13 +334,9 @@ def reuse(args, work: Path, command: str) -> None:
 def recipe_cpu_section(name: str, variant: str | None) -> dict:
     import yaml
 
-    from kitseg.recipes import recipe_path
+    from kitseg.recipes import cpu_section, recipe_path
 
-    data = yaml.safe_load(recipe_path(name).read_text(encoding="utf-8"))
-    out = dict(data.get("cpu") or {})
-    if variant:
-        out.update((data.get("variants", {}).get(variant) or {}).get("cpu") or {})
-    return out
+    return cpu_section(yaml.safe_load(recipe_path(name).read_text(encoding="utf-8")), variant)
 
 
 # ---------------------------------------------------------------------------------------------

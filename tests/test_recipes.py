@@ -152,3 +152,11 @@ def test_a_variants_cpu_section_changes_only_its_keys_of_the_cpu_profile():
         "batch_dice": True}
     assert load_recipe("kitseg_cascade", variant="tumor_argmax").stage("segment").postprocess == load_recipe(
         "kitseg_cascade").stage("segment").postprocess  # the paper-size recipe is not touched
+
+
+@pytest.mark.parametrize("op", ["class_threshold", "crf"])
+def test_ops_that_need_probabilities_are_refused_in_final_postprocess(op):
+    step = {"op": op, "params": {"min_prob": 0.2} if op == "class_threshold" else {}}
+    with pytest.raises(KitsegError, match=f"op '{op}' needs a stage's probabilities"):
+        load_recipe("kitseg_cascade", {"final.postprocess": [step]})
+    load_recipe("kitseg_cascade", {"stages.segment.postprocess": [step]})  # a stage's postprocess takes it

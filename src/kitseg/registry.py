@@ -153,6 +153,9 @@ STAGE_OPS = Registry("post-processing op", {
            "median": _Params, "tumor_in_kidney": TumorInKidneyParams, "drop_small_tumors": DropSmallTumorsParams,
            "class_threshold": ClassThresholdParams, "crf": CrfParams})
 
+# Ops that read a stage's probabilities and grid, so they cannot run in final.postprocess (the CT's grid, labels only).
+PROBABILITY_OPS = frozenset({"crf", "class_threshold"})
+
 # The recipe's final step: op(final, outputs, ct) -> uint8 labels on the CT's grid.
 FINAL_OPS = Registry("final op", {
     "argmax": "kitseg.stages.ops:final_argmax",
@@ -160,4 +163,4 @@ FINAL_OPS = Registry("final op", {
     "tunet_algorithm1": "kitseg.stages.ops:final_tunet_algorithm1",
 })
 
-__all__ = ["FINAL_OPS", "INFERENCE_MODES", "LOSSES", "Registry", "SAMPLERS", "STAGE_OPS"]
+__all__ = ["FINAL_OPS", "INFERENCE_MODES", "LOSSES", "PROBABILITY_OPS", "Registry", "SAMPLERS", "STAGE_OPS"]

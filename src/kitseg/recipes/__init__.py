@@ -23,7 +23,7 @@ from kitseg.recipes.schema import Recipe, Stage
 RECIPE_DIR = Path(__file__).parent
 DEFAULT_RECIPE = "kitseg_cascade"
 
-__all__ = ["DEFAULT_RECIPE", "PROFILES", "Recipe", "Stage", "apply_overrides", "list_recipes", "load_recipe",
+__all__ = ["DEFAULT_RECIPE", "PROFILES", "Recipe", "Stage", "apply_overrides", "cpu_section", "list_recipes", "load_recipe",
            "parse_overrides", "recipe_path"]
 
 
@@ -68,11 +68,11 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
         if variant not in variants:
             raise KitsegError(f"recipe {data.get('name')!r} has no variant {variant!r}; "
                               f"variants: {', '.join(variants) or 'none'}", path)
-        chosen = dict(variants[variant] or {})
-        cpu = chosen.pop("cpu", None)  # a variant's cpu keys change the recipe's cpu profile, key by key
-        data = apply_overrides(data, chosen, path)
+        own = dict(variants[variant] or {})
+        cpu = cpu_section(data, variant) if own.pop("cpu", None) else None
+        data = apply_overrides(data, own, path)
         if cpu:
-            data["cpu"] = {**(data.get("cpu") or {}), **cpu}
+            data["cpu"] = cpu
     if profile == "cpu":
         if not data.get("cpu"):
             raise KitsegError(f"recipe {data.get('name')!r} has no cpu profile (a `cpu` section)", path)
@@ -87,6 +87,15 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
     if profile not in (None, "paper"):
         data["profile"] = profile
     return validate_recipe(data, path)
+
+
+def cpu_section(data: dict, variant: str | None = None) -> dict[str, Any]:
+    """The dotted overrides of a recipe's ``cpu`` profile (raw recipe data): the recipe's ``cpu`` section,
+    with the keys of ``variant``'s own ``cpu`` section set over it."""
+    out = dict(data.get("cpu") or {})
+    if variant:
+        out.update((data.get("variants", {}).get(variant) or {}).get("cpu") or {})
+    return out
 
 
 def parse_overrides(items, path: Path | str | None = None) -> dict[str, Any]:

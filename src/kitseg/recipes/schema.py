@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from kitseg.errors import KitsegError
 from kitseg.preprocessing.spec import PreprocessSpec
-from kitseg.registry import FINAL_OPS, INFERENCE_MODES, LOSSES, SAMPLERS, STAGE_OPS, Registry
+from kitseg.registry import FINAL_OPS, INFERENCE_MODES, LOSSES, PROBABILITY_OPS, SAMPLERS, STAGE_OPS, Registry
 
 SCHEMA_VERSION = 1
 
@@ -290,6 +290,14 @@ class FinalSpec(_Strict):
     mask_stage: str | None = None
     # Steps on the final label map, on the CT's own grid (e.g. drop_small_tumors, which looks at the whole case).
     postprocess: list[PostStep] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _no_probability_ops(self) -> FinalSpec:
+        for step in self.postprocess:
+            if step.op in PROBABILITY_OPS:
+                raise ValueError(f"op {step.op!r} needs a stage's probabilities: put it in that stage's postprocess, "
+                                 "not in final.postprocess")
+        return self
 
 
 class Recipe(_Strict):

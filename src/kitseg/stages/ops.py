@@ -29,7 +29,7 @@ from kitseg.recipes.schema import FinalSpec, Stage
 from kitseg.registry import FINAL_OPS, STAGE_OPS
 from kitseg.stages.grid import ct_on_entry_grid, labels_on_ct, resample_to_grid, to_entry_grid
 from kitseg.stages.outputs import StageOutput
-from kitseg.stages.targets import classes_to_labels, foreground_labels, foreground_probability
+from kitseg.stages.targets import class_labels, classes_to_labels, foreground_labels, foreground_probability
 from kitseg.volume import Volume
 
 
@@ -108,10 +108,9 @@ def class_threshold(labels: np.ndarray, context: OpContext, cls: str = "tumor", 
     if cls not in names:
         raise KitsegError(f"stage {stage.name!r}: class_threshold names class {cls!r}; the stage's classes are "
                           f"{', '.join(names)}")
-    channel = 1 + names.index(cls)  # softmax channel 0 is the background
-    label = classes_to_labels(np.array([channel]), stage.target)[0]
+    i = names.index(cls)
     out = np.array(labels, copy=True)
-    out[(out > 0) & (context.probs[channel] >= min_prob)] = label
+    out[(out > 0) & (context.probs[1 + i] >= min_prob)] = class_labels(stage.target)[i]  # channel 0: background
     return out
 
 
