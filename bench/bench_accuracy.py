@@ -54,10 +54,11 @@ FIGURE = _common.FIGURES / "accuracy.png"
 DEFAULT = "kitseg_cascade"
 BASELINE = "nnunet_3d_fullres"
 # The leaderboard: every recipe, then each paper's headline ablation (recipe:variant).
-ENTRIES = ["kitseg_cascade", "zhang2019_cascade", "tunet", "resunet_vnet25d", "fcn_ppm", "unet2d", "unet3d",
-           "nnunet_3d_fullres", "zhang2019_cascade:ds_res", "tunet:baseline"]
-ABLATIONS = {"zhang2019_cascade:ds_res": "Zhang et al. without the spatial prior (ds_res)",
-             "tunet:baseline": "TuNet without SE blocks (baseline)"}
+# Entries that differ from another only in post-processing, the final step or inference are scored with that entry's
+# trained networks (--reuse), right after it: a paired comparison of the same networks.
+ENTRIES = ["kitseg_cascade", "zhang2019_cascade", "tunet", "tunet:seb_median", "resunet_vnet25d", "fcn_ppm",
+           "fcn_ppm:no_crf", "unet2d", "unet3d", "nnunet_3d_fullres", "zhang2019_cascade:ds_res", "tunet:median"]
+REUSED = {"tunet:seb_median": "tunet", "fcn_ppm:no_crf": "fcn_ppm"}
 METRICS = {  # column of evaluate_folder's rows -> table heading
     "kits19_kidney_dice": "kidney Dice", "kits19_tumor_dice": "tumor Dice", "kits19_composite": "composite",
     "kidney_surface_dice": "kidney SD", "tumor_surface_dice": "tumor SD", "kidney_hd95_mm": "kidney HD95 mm",
@@ -74,6 +75,25 @@ def entry_recipe(entry: str):
 
 def file_name(entry: str) -> str:
     return entry.replace(":", "__")
+
+
+def tagged(entry: str, tag: str | None) -> str:
+    """The name of an entry's files: a trial (``--tag``) has its own, so it never replaces the entry's."""
+    return file_name(entry) + (f"@{tag}" if tag else "")
+
+
+def entry_dir(work: Path, entry: str, tag: str | None) -> Path:
+    """An entry's folder of runs and predictions in ``work``."""
+    return Path(work) / tagged(entry, tag)
+
+
+def result_path(entry: str, tag: str | None) -> Path:
+    """An entry's result JSON in bench/results/leaderboard/."""
+    return BOARD / (tagged(entry, tag) + ".json")
+
+
+def tag_args(flag: str, tag: str | None) -> list[str]:
+    return [flag, tag] if tag else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +192,7 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     entry, base = args.worker, Path(args.work)
     train_dir, test_dir = base / "train", base / "test"
-    mdir = base / file_name(entry)
+    mdir = entry_dir(base, entry, args.tag)
     run_dir = mdir / "run"
     if mdir.exists():
         shutil.rmtree(mdir)
@@ -224,7 +244,7 @@ def rescore_worker(args) -> dict:
     from kitseg.inference import load_run
 
     torch.set_num_threads(args.threads)
-    mdir = Path(args.work) / file_name(args.worker)
+    mdir = entry_dir(Path(args.work), args.worker, args.tag)
     if not (mdir / "run" / "recipe.json").is_file():
         raise SystemExit(f"{mdir / 'run'}: no trained run to rescore; train the entry first")
     run = with_inference_of(load_run(mdir / "run", device="cpu"), entry_recipe(args.worker), args.worker)
@@ -238,12 +258,13 @@ def rescore_worker(args) -> dict:
 def rescore(args, work: Path, command: str) -> None:
     """``--rescore``: new test and validation scores for trained entries; training figures are kept."""
     for e in args.entries:
-        path = BOARD / (file_name(e) + (f"@{args.tag}" if args.tag else "") + ".json")
+        path = result_path(e, args.tag)
         if not path.is_file():
             raise SystemExit(f"{path}: no result to rescore")
         old = json.loads(path.read_text(encoding="utf-8"))
         print(f"{e}: predicting and scoring the trained run again", flush=True)
-        r = _common.spawn(__file__, ["--worker", e, "--rescore-worker", "--work", str(work)], args.threads, e)
+        r = _common.spawn(__file__, ["--worker", e, "--rescore-worker", "--work", str(work),
+                                     *tag_args("--tag", args.tag)], args.threads, e)
         before = {k: old[k]["mean"] for k in ("test", "val")}
         name, _, variant = e.partition(":")
         old.update(test=r["test"], val=r["val"], cpu_profile=recipe_cpu_section(name, variant))
@@ -295,15 +316,16 @@ def reuse_worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     base = Path(args.work)
-    src_dir = base / file_name(args.reuse) / "run"
+    src = entry_dir(base, args.reuse, args.source_tag)
+    src_dir = src / "run"
     if not (src_dir / "recipe.json").is_file():
         raise SystemExit(f"{src_dir}: no trained run of {args.reuse}; train it first")
     run = with_inference_of(load_run(src_dir, device="cpu"), entry_recipe(args.worker), args.reuse)
-    mdir = base / file_name(args.worker)
+    mdir = entry_dir(base, args.worker, args.tag)
     if mdir.exists():
         shutil.rmtree(mdir)
     val_dir = split_folder((base / "train").resolve(), mdir / "val_cases",
-                           sorted(p.name for p in (base / file_name(args.reuse) / "val_cases").iterdir()
+                           sorted(p.name for p in (src / "val_cases").iterdir()
                                   if p.name.startswith("case_")))
     return {"test": predict_and_score(run, base / "test", mdir / "test"),
             "val": predict_and_score(run, val_dir, mdir / "val")}
@@ -311,24 +333,32 @@ def reuse_worker(args) -> dict:
 
 def reuse(args, work: Path, command: str) -> None:
     """``--reuse ENTRY``: the entries scored with ENTRY's trained run; training figures are ENTRY's."""
-    src_path = BOARD / (file_name(args.reuse) + ".json")
-    if not src_path.is_file():
-        raise SystemExit(f"{src_path}: no result of {args.reuse} to reuse")
-    src = json.loads(src_path.read_text(encoding="utf-8"))
     for e in args.entries:
-        print(f"{e}: predicting with {args.reuse}'s trained networks", flush=True)
-        r = _common.spawn(__file__, ["--worker", e, "--reuse", args.reuse, "--work", str(work)], args.threads, e)
-        name, _, variant = e.partition(":")
-        out = {**src, "entry": e, "recipe": name, "variant": variant or None,
-               "cpu_profile": recipe_cpu_section(name, variant), "test": r["test"], "val": r["val"],
-               "reused_run": {"entry": args.reuse, "date": _common.now(), "machine": _common.machine(),
-                              "command": command, "commit": _common.git_commit()}}
-        out.pop("rescored", None)
-        path = BOARD / (file_name(e) + (f"@{args.tag}" if args.tag else "") + ".json")
-        write_result(path, out, e, r["test"],
-                     f"; validation composite {report.fmt(r['val']['mean']['kits19_composite'])}")
+        reuse_entry(e, args.reuse, work, command, args.threads, args.tag, source_tag=None)
     if not args.no_update and not args.tag:
         update(args.force)
+
+
+def reuse_entry(entry: str, source: str, work: Path, command: str, threads: int, tag: str | None,
+                source_tag: str | None) -> None:
+    """Score ``entry`` with ``source``'s trained run (the last one trained in ``work``) and write its JSON, tagged
+    ``tag``; the training figures are those of ``source``'s JSON (tagged ``source_tag``)."""
+    src_path = result_path(source, source_tag)
+    if not src_path.is_file():
+        raise SystemExit(f"{src_path}: no result of {source} to reuse")
+    src = json.loads(src_path.read_text(encoding="utf-8"))
+    print(f"{entry}: predicting with {source}'s trained networks", flush=True)
+    r = _common.spawn(__file__, ["--worker", entry, "--reuse", source, "--work", str(work), *tag_args("--tag", tag),
+                                 *tag_args("--source-tag", source_tag)], threads, entry)
+    name, _, variant = entry.partition(":")
+    out = {**src, "entry": entry, "recipe": name, "variant": variant or None,
+           "cpu_profile": recipe_cpu_section(name, variant), "test": r["test"], "val": r["val"],
+           "reused_run": {"entry": source, "date": _common.now(), "machine": _common.machine(),
+                          "command": command, "commit": _common.git_commit()}}
+    out.pop("rescored", None)
+    out.pop("note", None)  # a note on how the source was trained is the source's
+    path = result_path(entry, tag)
+    write_result(path, out, entry, r["test"], f"; validation composite {report.fmt(r['val']['mean']['kits19_composite'])}")
 
 
 def recipe_cpu_section(name: str, variant: str | None) -> dict:
@@ -359,8 +389,9 @@ def main() -> None:
                     "(kitseg synth --unenhanced; default 0: all late arterial, the leaderboard's data). Its own "
                     "rendering and work folder; needs --tag")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--tag", help="keep the results as bench/results/leaderboard/<entry>@<tag>.json (a trial, "
-                    "left out of the table)")
+    ap.add_argument("--tag", help="keep the results as bench/results/leaderboard/<entry>@<tag>.json and the trained "
+                    "run and predictions in the work folder's <entry>@<tag>/ (a trial, left out of the table; the "
+                    "entry's own run is not touched)")
     ap.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md or the figure")
     ap.add_argument("--quick", action="store_true", help="--cases 10 --downsample 8 --budget-min 1 "
                     "(a few minutes); implies --no-update and --tag quick")
@@ -374,6 +405,7 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--rescore-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--source-tag", help=argparse.SUPPRESS)
     ap.add_argument("--reason", help="with --rescore: why, in a few words (shown in BENCHMARKS.md)")
     ap.add_argument("--reuse", metavar="ENTRY", help="score the entries with ENTRY's trained run instead of "
                     "training them: for variants that change only post-processing, the final step or inference "
@@ -410,13 +442,17 @@ def main() -> None:
         reuse(args, work, command)
         return
     for e in args.entries:
+        if e in REUSED:
+            reuse_entry(e, REUSED[e], work, command, args.threads, args.tag, source_tag=args.tag)
+            continue
         print(f"{e}: training at the cpu profile for {args.budget_min:g} min, then predicting", flush=True)
         r = _common.spawn(__file__, ["--worker", e, "--work", str(work), "--budget-min", str(args.budget_min),
                                      "--n-splits", str(args.n_splits), "--seed", str(args.seed), "--precision",
-                                     args.precision, "--command", command, "--downsample", str(args.downsample)],
+                                     args.precision, "--command", command, "--downsample", str(args.downsample),
+                                     *tag_args("--tag", args.tag)],
                           args.threads, e)
         r.update(render=render, train_ids=ids[:n_train], test_ids=ids[n_train:], start_load=_common.START_LOAD)
-        path = BOARD / (file_name(e) + (f"@{args.tag}" if args.tag else "") + ".json")
+        path = result_path(e, args.tag)
         val = report.fmt(r["val"]["mean"]["kits19_composite"])
         write_result(path, r, e, r["test"], f"; validation composite {val}; trained {r['train_s']:.0f} s")
     if not args.no_update and not args.tag:

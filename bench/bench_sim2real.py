@@ -33,7 +33,7 @@ TITLE = "Sim-to-real: the phantom-trained default model on real CT"
 REAL = _common.ROOT.parent / "shared" / "data" / "real_ct"
 DEFAULT_RUN = _common.RESULTS / "accuracy" / "ds4_n150_s0" / "kitseg_cascade" / "run"
 # the same recipe trained on phantoms of which half are unenhanced (bench_accuracy.py --unenhanced 0.5 --tag unenh50)
-UNENHANCED_RUN = _common.RESULTS / "accuracy" / "ds4_n150_s0_u0.5" / "kitseg_cascade" / "run"
+UNENHANCED_RUN = _common.RESULTS / "accuracy" / "ds4_n150_s0_u0.5" / "kitseg_cascade@unenh50" / "run"
 
 
 def training_phantoms(run_dir: Path) -> str:
