@@ -251,7 +251,17 @@ def reading(results: dict) -> str:
             f"composite {m['kits19_composite']:.3f} vs {b['test']['mean']['kits19_composite']:.3f} (better in "
             f"{comp['better']}, worse in {comp['worse']}, p = {comp['p']:.2g}), tumor {m['kits19_tumor_dice']:.3f} vs "
             f"{b['test']['mean']['kits19_tumor_dice']:.3f} (better in {tum['better']}, worse in {tum['worse']}, "
-            f"p = {tum['p']:.2g}).")
+            f"p = {tum['p']:.2g}).{best_other(results)}")
+
+
+def best_other(results: dict) -> str:
+    """A sentence naming the entry with the highest mean composite when it is not the default."""
+    best = max(results, key=lambda e: results[e]["test"]["mean"]["kits19_composite"] or 0.0)
+    if best == DEFAULT:
+        return ""
+    c = paired(results[DEFAULT], results[best], "kits19_composite")
+    return (f" The highest mean composite is {best}'s, {results[best]['test']['mean']['kits19_composite']:.3f} (the "
+            f"default against it: better in {c['better']}, worse in {c['worse']}, p = {c['p']:.2g}).")
 
 
 def headlines(results: dict) -> list[tuple[str, str]]:
