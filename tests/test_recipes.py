@@ -146,7 +146,10 @@ def test_a_variants_cpu_section_changes_only_its_keys_of_the_cpu_profile():
     trial = load_recipe("kitseg_cascade", variant="tumor_argmax", profile="cpu")
     assert [p.op for p in base.stage("segment").postprocess][0] == "class_threshold"
     assert trial.stage("segment").postprocess == base.stage("segment").postprocess[1:]
-    assert trial.stage("segment").patch_size == base.stage("segment").patch_size == [32, 96, 96]
+    assert trial.stage("segment").patch_size == base.stage("segment").patch_size == [64, 64]
+    seg3d = load_recipe("kitseg_cascade", variant="seg3d", profile="cpu").stage("segment")
+    assert (seg3d.network.name, seg3d.patch_size) == ("resunet_ds_zhang", [32, 96, 96])
+    assert seg3d.postprocess == base.stage("segment").postprocess  # the profile's other keys stay
     assert trial.stage("localize").postprocess == base.stage("localize").postprocess
     assert load_recipe("kitseg_cascade", variant="batch_dice", profile="cpu").stage("segment").loss.params == {
         "batch_dice": True}
