@@ -358,7 +358,8 @@ def reuse_entry(entry: str, source: str, work: Path, command: str, threads: int,
     out.pop("rescored", None)
     out.pop("note", None)  # a note on how the source was trained is the source's
     path = result_path(entry, tag)
-    write_result(path, out, entry, r["test"], f"; validation composite {report.fmt(r['val']['mean']['kits19_composite'])}")
+    val = report.fmt(r["val"]["mean"]["kits19_composite"])
+    write_result(path, out, entry, r["test"], f"; validation composite {val}")
 
 
 def recipe_cpu_section(name: str, variant: str | None) -> dict:
@@ -423,8 +424,13 @@ def main() -> None:
         args.cases, args.downsample, args.budget_min, args.no_update, args.tag = 10, 8, 1.0, True, "quick"
     if args.cases < 5:
         raise SystemExit("--cases must be at least 5 (80 % train, 20 % test)")
+    from kitseg.errors import KitsegError
+
     for e in args.entries:
-        entry_recipe(e)  # an unknown recipe, variant or a missing cpu profile stops here, before any work
+        try:
+            entry_recipe(e)  # an unknown recipe, variant or a missing cpu profile stops here, before any work
+        except KitsegError as err:
+            raise SystemExit(f"bench_accuracy.py: {e}: {err}") from None
     if args.unenhanced and not args.tag:
         raise SystemExit("--unenhanced renders other test data than the leaderboard's: give --tag")
     data, render = rendered(args.cases, args.downsample, args.seed, args.unenhanced)
