@@ -61,7 +61,7 @@ def time_data(stage, targets, cases, geometry, batch, steps):
     out = {}
     for name, augment in (("cut", AugmentSpec()), ("cut_augment", stage.augmentation)):
         st = stage.model_copy(update={"batch_size": batch, "augmentation": augment})
-        sampler = Sampler(cases, st.sampler, geometry, augment, seed=0)
+        sampler = Sampler(cases, st.sampler, geometry, augment, seed=0, classes=list(st.target.classes))
         batches = TrainBatches(sampler, st, targets, steps)
         t = time.perf_counter()
         for _ in batches.epoch():

@@ -88,6 +88,21 @@ def test_build_network_names_the_bad_network_or_parameter():
         build_network("vnet25d_ms", 1, 2, context_slices=4)
     with pytest.raises(KitsegError, match="in_channels"):
         build_network("unet2d", 0, 2)
+    with pytest.raises(KitsegError, match="unet2d.*context_slices"):
+        build_network("unet2d", 2, 3, context_slices=2)
+
+
+def test_unet2d_with_context_slices_reads_neighbours_as_channels():
+    """2.5D unet2d: 3 slices x 2 inputs = 6 channels in, the centre slice's 3 classes out; the first convolution
+    sees every channel (a neighbour slice changes the output)."""
+    net = build_network("unet2d", 2, 3, base_features=4, n_levels=3, context_slices=3).eval()
+    assert net.context_slices == 3
+    x = torch.randn(1, 6, 32, 32)
+    with torch.no_grad():
+        y = net(x)
+        x2 = x.clone()
+        x2[:, 4:] += 1.0  # the last neighbour slice only
+        assert y.shape == (1, 3, 32, 32) and not torch.allclose(net(x2), y)
 
 
 def test_check_input_size_explains_the_divisor():

@@ -108,6 +108,22 @@ def test_patch_sampler_foreground_fraction():
     assert abs(np.mean([tuple(d.center) == (31, 6, 21) for d in fg]) - 0.5) < 0.07
 
 
+def test_patch_sampler_class_weights_favour_the_tumor():
+    """class_weights {tumor: 3}: the one tumor voxel centres 3/4 of the foreground draws instead of 1/2; a class
+    the target does not have is named in one line."""
+    case = _case_with_small_fg()
+    geometry = Geometry("patch", 3, (8, 8, 8))
+    spec = SamplerSpec(foreground_fraction=1.0, class_weights={"tumor": 3.0})
+    sampler = Sampler([case], spec, geometry, AugmentSpec(), seed=0, classes=list(KITS.classes))
+    on_tumor = np.mean([tuple(d.center) == (31, 6, 21) for d in sampler.draw(2000)])
+    assert abs(on_tumor - 0.75) < 0.04
+    with pytest.raises(KitsegError, match="cyst"):
+        Sampler([case], SamplerSpec(class_weights={"cyst": 2.0}), geometry, AugmentSpec(), seed=0,
+                classes=list(KITS.classes))
+    with pytest.raises(ValueError, match="> 0"):
+        SamplerSpec(class_weights={"tumor": 0.0})
+
+
 def test_slice_sampler_oversamples_kidney_slices():
     """ResUNet paper 2.2: slices with kidney expanded 50 times: 5 of 100 slices -> 250/345 of draws."""
     img = np.zeros((100, 16, 16), np.float32)

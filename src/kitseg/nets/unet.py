@@ -89,9 +89,17 @@ class UNet(nn.Module):
 
 def unet2d(in_channels: int, out_channels: int, base_features: int = 32, n_levels: int = 5,
            max_features: int = 512, norm: str = "batch", act: str = "relu",
-           deep_supervision: bool = False) -> UNet:
-    """Plain 2D U-Net baseline (Ronneberger et al. 2015): ``n_levels`` levels (4 poolings for 5)."""
-    return UNet(2, in_channels, out_channels, base_features, n_levels - 1, max_features, norm, act, deep_supervision)
+           deep_supervision: bool = False, context_slices: int = 1) -> UNet:
+    """Plain 2D U-Net baseline (Ronneberger et al. 2015): ``n_levels`` levels (4 poolings for 5).
+
+    ``context_slices`` > 1 makes it 2.5D: that many adjacent slices are stacked as channels, slice-major
+    (channel ``s * in_channels + c``, as ``kitseg.nets.vnet25d_ms``), and it predicts the centre slice."""
+    if context_slices < 1 or context_slices % 2 == 0:
+        raise ValueError(f"context_slices must be odd and >= 1, got {context_slices}")
+    net = UNet(2, in_channels * context_slices, out_channels, base_features, n_levels - 1, max_features, norm, act,
+               deep_supervision)
+    net.context_slices = int(context_slices)
+    return net
 
 
 def unet3d(in_channels: int, out_channels: int, base_features: int = 32, pool_counts: int | Sequence[int] = 4,

@@ -23,8 +23,8 @@ from kitseg.recipes.schema import Recipe, Stage
 RECIPE_DIR = Path(__file__).parent
 DEFAULT_RECIPE = "kitseg_cascade"
 
-__all__ = ["DEFAULT_RECIPE", "PROFILES", "Recipe", "Stage", "apply_overrides", "cpu_section", "list_recipes", "load_recipe",
-           "parse_overrides", "recipe_path"]
+__all__ = ["DEFAULT_RECIPE", "PROFILES", "Recipe", "Stage", "apply_overrides", "cpu_section", "list_recipes",
+           "load_recipe", "parse_overrides", "recipe_path"]
 
 
 def list_recipes() -> list[str]:

@@ -136,6 +136,16 @@ class SamplerSpec(_Strict):
     foreground_fraction: float = Field(0.33, ge=0, le=1)  # nnU-Net's 1/3
     kidney_slice_oversampling: float = Field(1.0, ge=1)  # slices sampler: ResUNet paper x50
     hard_case: bool = False  # draw cases with high loss / many false positives more often
+    # patch sampler: a foreground patch is centred on a class present in the case drawn with these relative
+    # weights (target class name -> weight; classes left out weigh 1); None: every present class alike (nnU-Net)
+    class_weights: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _weights_positive(self) -> SamplerSpec:
+        bad = {k: v for k, v in (self.class_weights or {}).items() if not v > 0}
+        if bad:
+            raise ValueError(f"sampler class_weights must be > 0, got {bad}")
+        return self
 
 
 class AugmentSpec(_Strict):
@@ -222,6 +232,10 @@ class Stage(_Strict):
 
     @model_validator(mode="after")
     def _inputs_known(self) -> Stage:
+        unknown = sorted(set(self.sampler.class_weights or {}) - set(self.target.classes))
+        if unknown:
+            raise ValueError(f"stage {self.name!r}: sampler class_weights names {', '.join(unknown)}; the stage's "
+                             f"classes are {', '.join(self.target.classes)}")
         if (self.roi_from is None) != (self.preprocess.roi is None):
             raise ValueError("a stage with preprocess.roi needs roi_from (the stage that locates the ROI), "
                              "and roi_from needs preprocess.roi")

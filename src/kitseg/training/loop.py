@@ -187,7 +187,8 @@ class Engine:
         self.stopper = EarlyStopping(stage.schedule.early_stopping)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.uses_scaler)
         self.loss_fn = build_loss(stage.loss, stage.target)
-        self.sampler = Sampler(sampler_cases, stage.sampler, self.geometry, stage.augmentation, seed=options.seed)
+        self.sampler = Sampler(sampler_cases, stage.sampler, self.geometry, stage.augmentation, seed=options.seed,
+                               classes=list(stage.target.classes))
         self.train_model: nn.Module = self.model
 
     def autocast(self):
@@ -283,7 +284,7 @@ def _train_stage(stage: Stage, train_cases: list[TrainCase], val_cases: list[Tra
         raise KitsegError(f"{last_path} exists: pass --resume to continue that run, or choose a new output folder")
     eng = Engine(stage, train_cases, epochs, options, net_record)
     val_sampler = Sampler(val_cases or train_cases, stage.sampler, eng.geometry, stage.augmentation,
-                          seed=options.seed + 1)
+                          seed=options.seed + 1, classes=list(stage.target.classes))
     val_data = validation_batches(val_sampler, stage, targets, options.val_per_case, dist)
 
     start, history, ema, best_ema, best_epoch, finished = 0, [], None, -math.inf, 0, False

@@ -5,7 +5,8 @@ numpy Generator seeded explicitly; ``make_sample`` cuts and augments it (a pure 
 can run in worker processes and gives the same result anywhere). Sampler modes (``SamplerSpec``):
 
 - ``patch``: random patches; a fraction ``foreground_fraction`` of them (1/3 as nnU-Net) is
-  centred on a random voxel of a random foreground class present in the case.
+  centred on a random voxel of a random foreground class present in the case (classes weighted by
+  ``class_weights``, e.g. tumor-centred sampling; all alike by default, as nnU-Net).
 - ``slices``: windows of ``patch_size[0]`` consecutive slices (one slice plus context for 2D
   networks); slices holding foreground are ``kidney_slice_oversampling`` times more likely (the
   ResUNet paper: kidney slices "expanded up and down 50 times", 64 consecutive slices, 2.2-2.3).
@@ -177,7 +178,12 @@ def patch_center(sampler: Sampler, case: TrainCase, force_fg: bool | None = None
     present = [k for k, loc in enumerate(case.locations) if len(loc)]
     want_fg = rng.random() < sampler.spec.foreground_fraction if force_fg is None else force_fg
     if want_fg and present:
-        loc = case.locations[present[int(rng.integers(len(present)))]]
+        if sampler.class_weights is None:
+            k = present[int(rng.integers(len(present)))]
+        else:
+            w = sampler.class_weights[present]
+            k = present[int(rng.choice(len(present), p=w / w.sum()))]
+        loc = case.locations[k]
         voxel = loc[int(rng.integers(len(loc)))]
         center = []
         for v, s, b in zip(voxel, shape, box):
@@ -193,10 +199,19 @@ class Sampler:
     """Draws ``Draw``s; its whole state (numpy bit generator, hardness) goes into checkpoints."""
 
     def __init__(self, cases: list[TrainCase], spec: SamplerSpec, geometry: Geometry, augment: AugmentSpec,
-                 seed: int):
+                 seed: int, classes: Sequence[str] = ()):
+        """``classes``: the target's class names in order (``TrainCase.locations``), which
+        ``spec.class_weights`` refers to."""
         if not cases:
             raise KitsegError("no training cases to sample from")
         self.cases, self.spec, self.geometry, self.augment = cases, spec, geometry, augment
+        self.class_weights: np.ndarray | None = None
+        if spec.class_weights:
+            unknown = sorted(set(spec.class_weights) - set(classes))
+            if unknown:
+                raise KitsegError(f"sampler class_weights names {', '.join(unknown)}; the classes are "
+                                  f"{', '.join(classes) or 'not given'}")
+            self.class_weights = np.array([float(spec.class_weights.get(c, 1.0)) for c in classes])
         self.rng = np.random.default_rng(seed)
         n = len(cases)
         self.loss = np.ones(n)
