@@ -171,3 +171,23 @@ def test_cpu_profile_validates_and_trains_one_epoch(name, data, held_out_ct, tmp
         assert _contains(lookup(resolved, key), plain(name).cpu[key]), key
     recipe = one_step(recipe)
     check_labels(train_and_predict(recipe, data, tmp_path / "run", held_out_ct), held_out_ct)
+
+
+def _cpu_training_variants() -> list[tuple[str, str]]:
+    """Variants whose ``cpu`` section changes what the cpu profile trains (not only post-processing or inference)."""
+    return [(name, v) for name in list_recipes() for v, changes in plain(name).variants.items()
+            if any(".postprocess" not in k and ".inference" not in k for k in (changes.get("cpu") or {}))]
+
+
+CPU_VARIANTS = _cpu_training_variants()
+
+
+@pytest.mark.parametrize("name,variant", CPU_VARIANTS, ids=[f"{n}:{v}" for n, v in CPU_VARIANTS])
+def test_cpu_variant_trains_one_epoch(name, variant, data, held_out_ct, tmp_path):
+    """A variant of the cpu profile (`kitseg train --profile cpu --variant V`) trains what it says: its values are in
+    the resolved recipe, which trains one step per stage on tiny data and predicts."""
+    recipe = load_recipe(name, profile="cpu", variant=variant)
+    resolved = recipe.model_dump(mode="json")
+    for key, value in plain(name).variants[variant]["cpu"].items():
+        assert _contains(lookup(resolved, key), value), key
+    check_labels(train_and_predict(one_step(recipe), data, tmp_path / "run", held_out_ct), held_out_ct)
