@@ -36,6 +36,7 @@ comparison of the methods under equal conditions, not a figure comparable with t
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -184,14 +185,13 @@ def predict_and_score(run, cases_dir: Path, out: Path) -> dict:
 def worker(args) -> dict:
     import torch
 
-    from kitseg.inference import load_run
     from kitseg.precision import resolve_precision
     from kitseg.training.loop import TrainOptions
     from kitseg.training.train_recipe import labelled_dataset, prepare_run, train_recipe
 
     torch.set_num_threads(args.threads)
     entry, base = args.worker, Path(args.work)
-    train_dir, test_dir = base / "train", base / "test"
+    train_dir = base / "train"
     mdir = entry_dir(base, entry, args.tag)
     run_dir = mdir / "run"
     if mdir.exists():
@@ -220,10 +220,23 @@ def worker(args) -> dict:
                "patches": r.epochs_done * recipe.stage(r.stage).iterations_per_epoch * recipe.stage(r.stage).batch_size,
                "model_s": sum(h["model_s"] for h in r.history), "data_s": sum(h["data_s"] for h in r.history),
                "val_s": sum(h["val_s"] for h in r.history)} for r in results]
+    return score_run(args, recipe, plan, stages, precision, t_prep, t_train, c_train, rss0, t_all)
+
+
+def score_run(args, recipe, plan: dict, stages: list[dict], precision: str, t_prep: float | None, t_train: float,
+              c_train: float | None, rss0: float, t_all: float) -> dict:
+    """Predict and score the entry's trained run (validation and test cases); its result dict."""
+    import torch
+
+    from kitseg.inference import load_run
+
+    entry, base = args.worker, Path(args.work)
+    mdir = entry_dir(base, entry, args.tag)
+    run_dir = mdir / "run"
     run = load_run(run_dir, device="cpu")
     val_ids = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))["folds"][0]["val"]
-    val_dir = split_folder(train_dir.resolve(), mdir / "val_cases", sorted(val_ids))
-    test = predict_and_score(run, test_dir, mdir / "test")
+    val_dir = split_folder((base / "train").resolve(), mdir / "val_cases", sorted(val_ids))
+    test = predict_and_score(run, base / "test", mdir / "test")
     val = predict_and_score(run, val_dir, mdir / "val")
     name, _, variant = entry.partition(":")
     return {"entry": entry, "recipe": name, "variant": variant or None, "profile": "cpu", "precision": precision,
@@ -234,6 +247,50 @@ def worker(args) -> dict:
             "preprocess_s": t_prep, "train_s": t_train, "train_cpu_s": c_train, "test": test, "val": val,
             "val_ids": sorted(val_ids), "total_s": time.perf_counter() - t_all, "rss_before_mb": round(rss0),
             "peak_rss_mb": round(peak_rss_mb()), "load_end": _common.load_1min()}
+
+
+def trained_worker(args) -> dict:
+    """``--score-trained``: predict and score an entry whose training finished but whose prediction did not (the
+    process was stopped); the training figures are read back from the run folder (each stage's log.csv and last
+    checkpoint), its preprocessing time and CPU time are unknown."""
+    import torch
+
+    from kitseg.recipes import validate_recipe
+    from kitseg.stages.checkpoint import load_checkpoint
+
+    torch.set_num_threads(args.threads)
+    mdir = entry_dir(Path(args.work), args.worker, args.tag)
+    run_dir = mdir / "run"
+    if not (run_dir / "recipe.json").is_file():
+        raise SystemExit(f"{run_dir}: no trained run to score; train the entry first")
+    recipe = validate_recipe(json.loads((run_dir / "recipe.json").read_text(encoding="utf-8")))
+    stages, plan = [], {}
+    for stage in recipe.stages:
+        logs = sorted((run_dir / stage.name / "fold_0").glob("**/log.csv"))
+        if not logs:  # trained jointly with a later stage (TuNet's W-Net): that stage's log holds it
+            continue
+        rows = list(csv.DictReader(logs[0].open(encoding="utf-8")))
+        ck = load_checkpoint(logs[0].parent / "checkpoint_last.pt", "cpu")
+        if not rows:
+            raise SystemExit(f"{logs[0]}: no epoch logged; train the entry first")
+        sums = {k: sum(float(r[k]) for r in rows) for k in ("model_s", "data_s", "val_s")}
+        done = int(rows[-1]["epoch"])
+        plan[stage.name] = {"epochs": stage.epochs}
+        stages.append({"stage": stage.name, "epochs_done": done, "epochs_planned": stage.epochs,
+                       "finished": bool(ck["finished"]), "time_limited": not bool(ck["finished"]),
+                       "seconds": sum(sums.values()), "best_epoch": int(ck["best_epoch"]),
+                       "best_ema_dice": float(ck["best_ema_dice"]),
+                       "patches": done * stage.iterations_per_epoch * stage.batch_size, **sums})
+    for part in ("test", "val"):  # predict_folder resumes what a stopped prediction left: start afresh
+        if (mdir / part).exists():
+            shutil.rmtree(mdir / part)
+    precision = str(next(iter(csv.DictReader(logs[0].open(encoding="utf-8"))))["precision"])
+    out = score_run(args, recipe, plan, stages, precision, None, sum(s["seconds"] for s in stages), None,
+                    peak_rss_mb(), time.perf_counter())
+    out["note"] = ("Trained by a run whose prediction was stopped; scored later with --score-trained. Training "
+                   "figures read back from the run's log.csv files (seconds: the sum of each epoch's data, model "
+                   "and validation time); preprocessing and CPU time not recorded.")
+    return out
 
 
 def rescore_worker(args) -> dict:
@@ -273,6 +330,25 @@ def rescore(args, work: Path, command: str) -> None:
                                                "reason": args.reason, "before": before})
         write_result(path, old, e, r["test"],
                      f" (was composite {report.fmt(before['test']['kits19_composite'])})")
+    if not args.no_update and not args.tag:
+        update(args.force)
+
+
+def score_trained(args, work: Path, command: str, extra: dict) -> None:
+    """``--score-trained``: a result for each entry whose trained run has none yet (``extra``: the data's
+    rendering and split, as a trained entry's JSON has them)."""
+    for e in args.entries:
+        path = result_path(e, args.tag)
+        if path.is_file():
+            raise SystemExit(f"{path}: {e} already has a result (use --rescore to score it again)")
+        print(f"{e}: predicting and scoring its trained run", flush=True)
+        r = _common.spawn(__file__, ["--worker", e, "--score-trained", "--work", str(work), "--command", command,
+                                     "--budget-min", str(args.budget_min), "--n-splits", str(args.n_splits),
+                                     "--seed", str(args.seed), "--downsample", str(args.downsample),
+                                     *tag_args("--tag", args.tag)], args.threads, e)
+        r.update(extra, start_load=_common.START_LOAD)
+        val = report.fmt(r["val"]["mean"]["kits19_composite"])
+        write_result(path, r, e, r["test"], f"; validation composite {val}")
     if not args.no_update and not args.tag:
         update(args.force)
 
@@ -402,6 +478,9 @@ def main() -> None:
                     "(after an inference fix, or with the recipe's new post-processing or inference settings) without "
                     "retraining (refused when the recipe now trains differently); the JSON keeps its training figures "
                     "and records the rescoring")
+    ap.add_argument("--score-trained", action="store_true", help="predict and score entries whose training finished "
+                    "but whose prediction was stopped (no JSON yet): the training figures are read back from the run "
+                    "folder")
     _common.add_force_flag(ap)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -415,8 +494,8 @@ def main() -> None:
     ap.add_argument("--command", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        _common.worker_exit(rescore_worker(args) if args.rescore_worker else
-                            reuse_worker(args) if args.reuse else worker(args))
+        _common.worker_exit(rescore_worker(args) if args.rescore_worker else trained_worker(args)
+                            if args.score_trained else reuse_worker(args) if args.reuse else worker(args))
     if args.report:
         update(args.force)
         return
@@ -446,6 +525,9 @@ def main() -> None:
         return
     if args.reuse:
         reuse(args, work, command)
+        return
+    if args.score_trained:
+        score_trained(args, work, command, {"render": render, "train_ids": ids[:n_train], "test_ids": ids[n_train:]})
         return
     for e in args.entries:
         if e in REUSED:
