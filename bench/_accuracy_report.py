@@ -105,6 +105,11 @@ def table_scores(results: dict, part: str = "test") -> str:
     return "\n".join(lines)
 
 
+def _seconds(value: float | None) -> str:
+    """Whole seconds, or "-" where a run did not record them (an entry scored with --score-trained)."""
+    return "-" if value is None else f"{value:.0f}"
+
+
 def table_time(results: dict) -> str:
     lines = ["| entry | precision | stage | spacing mm | epochs done / cap | patches seen | training s (stop) | "
              "model / data / validation s | best epoch (smoothed val Dice) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -120,8 +125,8 @@ def table_time(results: dict) -> str:
     for e, r in results.items():
         m = r["machine"]
         lines.append(f"| {label(e)} | {r['date']}, {m['cpu']} ({' '.join(m.get('cpu_flags', [])) or 'no bf16'}), "
-                     f"load {r.get('start_load', '?')} -> {r.get('load_end', '?')} | {r['preprocess_s']:.0f} | "
-                     f"{r['train_s']:.0f} ({r['train_cpu_s']:.0f}) | "
+                     f"load {r.get('start_load', '?')} -> {r.get('load_end', '?')} | {_seconds(r['preprocess_s'])} | "
+                     f"{_seconds(r['train_s'])} ({_seconds(r['train_cpu_s'])}) | "
                      f"{statistics.median(r['test']['predict_case_s']):.1f} | {r['peak_rss_mb']} |")
     return "\n".join(lines)
 
