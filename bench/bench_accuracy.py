@@ -165,6 +165,7 @@ def trained_worker(args) -> dict:
         if not rows:
             raise SystemExit(f"{logs[0]}: no epoch logged; train the entry first")
         sums = {k: sum(float(r[k]) for r in rows) for k in ("model_s", "data_s", "val_s")}
+        precision = rows[-1]["precision"]
         done = int(rows[-1]["epoch"])
         plan[stage.name] = {"epochs": stage.epochs}
         stages.append({"stage": stage.name, "epochs_done": done, "epochs_planned": stage.epochs,
@@ -172,10 +173,11 @@ def trained_worker(args) -> dict:
                        "seconds": sum(sums.values()), "best_epoch": int(ck["best_epoch"]),
                        "best_ema_dice": float(ck["best_ema_dice"]),
                        "patches": done * stage.iterations_per_epoch * stage.batch_size, **sums})
+    if not stages:
+        raise SystemExit(f"{run_dir}: no stage's log.csv; train the entry first")
     for part in ("test", "val"):  # predict_folder resumes what a stopped prediction left: start afresh
         if (mdir / part).exists():
             shutil.rmtree(mdir / part)
-    precision = str(next(iter(csv.DictReader(logs[0].open(encoding="utf-8"))))["precision"])
     out = score_run(args, recipe, plan, stages, precision, None, sum(s["seconds"] for s in stages), None,
                     peak_rss_mb(), time.perf_counter())
     out["note"] = ("Trained by a run whose prediction was stopped; scored later with --score-trained. Training "
