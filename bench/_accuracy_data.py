@@ -16,6 +16,10 @@ from _common import RESULTS, cpu_seconds
 
 WORK = RESULTS / "accuracy"
 BOARD = RESULTS / "leaderboard"
+# The renderer version (kitseg.synth.RENDERER_VERSION) that made the leaderboard's phantoms: every
+# committed entry was trained and tested on them. A newer renderer's phantoms go to their own folders
+# (renderer_suffix) until every entry is re-run on them.
+LEADERBOARD_RENDERER = 2
 METRICS = {  # column of evaluate_folder's rows -> table heading
     "kits19_kidney_dice": "kidney Dice", "kits19_tumor_dice": "tumor Dice", "kits19_composite": "composite",
     "kidney_surface_dice": "kidney SD", "tumor_surface_dice": "tumor SD", "kidney_hd95_mm": "kidney HD95 mm",
@@ -56,12 +60,21 @@ def tag_args(flag: str, tag: str | None) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
+def renderer_suffix() -> str:
+    """``""`` for the leaderboard's renderer version, else ``"_r<version>"``: the phantoms of another
+    renderer version get their own rendered and work folders, so that a cache never mixes two renderers'."""
+    from kitseg.synth import RENDERER_VERSION
+
+    return f"_r{RENDERER_VERSION}" if RENDERER_VERSION != LEADERBOARD_RENDERER else ""
+
+
 def rendered(cases: int, downsample: int, seed: int, unenhanced: float = 0.0) -> tuple[Path, dict]:
     """The rendered dataset (cached): a folder holding case_00000.. with imaging + segmentation."""
     from kitseg.synth import RENDERER_VERSION, make_dataset
 
     _common.require(_common.SHARED_KITS19)
-    out = WORK / (f"rendered_ds{downsample}_seed{seed}" + (f"_u{unenhanced:g}" if unenhanced else ""))
+    out = WORK / (f"rendered_ds{downsample}_seed{seed}" + (f"_u{unenhanced:g}" if unenhanced else "")
+                  + renderer_suffix())
     meta_path = out / "bench_render.json"
     ids = [f"case_{i:05d}" for i in range(cases)]
     if meta_path.exists():

@@ -48,6 +48,7 @@ import _accuracy_report as report
 import _common
 from _accuracy_data import (
     BOARD,
+    LEADERBOARD_RENDERER,
     METRICS,
     WORK,
     entry_dir,
@@ -55,6 +56,7 @@ from _accuracy_data import (
     plan_epochs,
     predict_and_score,
     rendered,
+    renderer_suffix,
     result_path,
     split_folder,
     tag_args,
@@ -405,11 +407,15 @@ def main() -> None:
             raise SystemExit(f"bench_accuracy.py: {e}: {err}") from None
     if args.unenhanced and not args.tag:
         raise SystemExit("--unenhanced renders other test data than the leaderboard's: give --tag")
+    if renderer_suffix() and not args.tag:
+        raise SystemExit(f"this kitseg's renderer (version {renderer_suffix()[2:]}) draws other phantoms than the "
+                         f"leaderboard's (version {LEADERBOARD_RENDERER}): give --tag, or re-run every entry and "
+                         "raise LEADERBOARD_RENDERER in bench/_accuracy_data.py")
     data, render = rendered(args.cases, args.downsample, args.seed, args.unenhanced)
     ids = [f"case_{i:05d}" for i in range(args.cases)]
     n_train = int(round(0.8 * args.cases))
     work = WORK / (f"ds{args.downsample}_n{args.cases}_s{args.seed}" + (f"_u{args.unenhanced:g}" if args.unenhanced
-                                                                           else ""))
+                                                                           else "") + renderer_suffix())
     split_folder(data, work / "train", ids[:n_train])
     split_folder(data, work / "test", ids[n_train:])
     command = _common.command("bench_accuracy.py")

@@ -63,6 +63,8 @@ class Body:
     rib_z: float  # height of the lowest rib where it leaves the spine
     crest_z: float  # top of the iliac crests
     table_gap: float
+    para: tuple[float, float, float] = (24.0, 21.0, 24.0)  # paraspinal muscles: half-width, half-depth,
+    # centre behind the spinal canal (mm)
 
 
 def _rot_z(angle: float) -> np.ndarray:
@@ -81,7 +83,10 @@ def draw_body(rng: np.random.Generator, kidney_half_sep: float | None = None) ->
     b_ant = 110 + 45 * habitus + u(-8, 8)
     b_post = 0.78 * b_ant + u(0, 10)
     fat = 8 + 35 * habitus + u(-4, 6)
-    spine_y = b_post - fat - u(62, 72)
+    # Vertebral-body centre to the inside of the back's fat: 72-90 mm (renderer version 3; was 62-72).
+    # The real slab (bench/bench_realism.py, "layout") measures 75-95 mm: its paraspinal muscles fill
+    # the back behind the spine, where version 2 left a thin layer.
+    spine_y = b_post - fat - u(72, 90)
     vert = (u(20, 26), u(15, 19))
     aorta_r = u(9, 13)
     aorta = (u(6, 16), spine_y - vert[1] - aorta_r - u(2, 6), aorta_r)
@@ -98,7 +103,8 @@ def draw_body(rng: np.random.Generator, kidney_half_sep: float | None = None) ->
                 disc=u(7, 10), level_phase=u(0, 40), aorta=aorta, bifurcation_z=-u(100, 150), ivc=ivc,
                 psoas_top=u(20, 50), liver=liver, spleen=spleen, stomach=stomach,
                 colon_r=(u(18, 25), u(16, 22), u(13, 18)), colon_z=(u(-10, 20), u(0, 30), u(20, 50)),
-                small_bowel_top=u(10, 40), rib_z=u(35, 70), crest_z=-u(105, 140), table_gap=u(1, 8))
+                small_bowel_top=u(10, 40), rib_z=u(35, 70), crest_z=-u(105, 140), table_gap=u(1, 8),
+                para=(u(30, 40), u(17, 23), u(28, 36)))
 
 
 class Slab:
@@ -186,7 +192,7 @@ def paint_body(slab: Slab, body: Body, fields: Fields, tissue: np.ndarray, tex: 
     cavity = deeper(fat + b.wall)
     tissue[cavity] = T.FAT
     _table(slab, b, tissue)
-    _spine_and_muscles(slab, b, tissue, cavity)
+    _spine_and_muscles(slab, b, tissue, cavity, deeper(fat))
     inner = fat + 0.2 * b.wall
     _ribs(slab, b, tissue, deeper(inner) & ~deeper(inner + 9))
     _iliac_wings(slab, b, tissue, cavity)
@@ -220,15 +226,15 @@ def _bone(tissue, outer, core) -> None:
     tissue[outer & core] = T.MARROW
 
 
-def _spine_and_muscles(slab, b, tissue, cavity):
+def _spine_and_muscles(slab, b, tissue, cavity, inner):
     rx, ry = b.vert
     sy = b.spine_y
     canal_y = sy + ry + 9
-    w = slab.win((-1e9, sy - ry - 12, -(rx + 90)), (1e9, canal_y + 60, rx + 90))
+    w = slab.win((-1e9, sy - ry - 12, -(rx + 90)), (1e9, canal_y + 62, rx + 90))
     if w is None:
         return
     Z, Y, X = slab.coords(w)
-    tissue, cavity = tissue[w], cavity[w]
+    tissue, cavity, inner = tissue[w], cavity[w], inner[w]
     phase = ((Z + b.level_phase) % b.level) / b.level  # 0..1 within one vertebra + disc, (n, 1, 1)
     in_disc = phase < b.disc / b.level
     body_r = (X / rx) ** 2 + ((Y - sy) / ry) ** 2
@@ -249,13 +255,17 @@ def _spine_and_muscles(slab, b, tissue, cavity):
     transverse = (np.abs(X) > 10) & (np.abs(X) < rx + 12) & (np.abs(Y - canal_y + 3) < 2.5)
     tissue[transverse & (phase > 0.47) & (phase < 0.6)] = T.RIB  # thin bone: rib-like HU
     tissue[np.broadcast_to(ring < 9, tissue.shape)] = T.CANAL
-    # Paraspinal muscles behind the transverse processes, psoas beside the vertebral bodies
-    # (growing downward), quadratus lumborum lateral to the psoas.
+    # Paraspinal muscles (erector spinae and multifidus) behind the transverse processes, from the
+    # spinous process out to ~80 mm; psoas beside the vertebral bodies (growing downward), quadratus
+    # lumborum lateral to the psoas. Version 2 drew the paraspinal muscles 48 x 42 mm, centred 27 mm off
+    # the midline; the real slab's (TotalSegmentator "autochthon") are 75-80 x 30-45 mm, 35-46 mm off
+    # it, 2100-2600 mm2 a side, the widest muscle of the slice, right behind the kidneys.
     pr = np.clip(7 + (b.psoas_top - Z) * 0.12, 7, 27)
     below = Z < b.psoas_top
+    hw, hd, behind = b.para
     for side in (-1, 1):
-        para = (((X - side * 27) / 24) ** 2 + ((Y - canal_y - 24) / 21) ** 2 < 1) & (Y > canal_y)
-        tissue[para & (tissue != T.BONE)] = T.MUSCLE
+        para = (((X - side * (5 + 0.95 * hw)) / hw) ** 2 + ((Y - canal_y - behind) / hd) ** 2 < 1) & (Y > canal_y)
+        tissue[para & inner & ~np.isin(tissue, (T.BONE, T.MARROW, T.CANAL))] = T.MUSCLE
         psoas = ((X - side * (rx + 0.8 * pr)) / pr) ** 2 + ((Y - sy + 2) / (0.85 * pr)) ** 2 < 1
         tissue[psoas & cavity & below] = T.MUSCLE
         ql = ((X - side * (rx + 2 * pr + 12)) / 15) ** 2 + ((Y - canal_y + 2) / 10) ** 2 < 1

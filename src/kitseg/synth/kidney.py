@@ -78,7 +78,7 @@ def draw_kidneys(rng: np.random.Generator, body: Body, solitary_p: float = 0.04)
     for i, side in enumerate((-1, 1)):
         scale = size * (1.0 if side < 0 else u(1.0, 1.06))
         axes = (u(50, 62) * scale, u(24, 31) * scale, u(18, 24) * scale)
-        centre = (side * drop / 2, body.spine_y + u(5, 22), side * u(65, 82))
+        centre = (side * drop / 2, body.spine_y + u(-2, 14), side * u(65, 82))
         if i == missing:
             continue
         rot = _kidney_rotation(side, np.deg2rad(u(5, 20)), np.deg2rad(u(5, 20)), np.deg2rad(u(20, 45)))

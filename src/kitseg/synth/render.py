@@ -133,7 +133,7 @@ def _render(lab: np.ndarray, spacing, seed: int, noise_sd: float | None, phase: 
     fov_half = min(kx, (nx - 1) * spacing[2] - kx)  # room beside the midline inside the image
     if body.a > fov_half - 8 and fov_half - 8 > half_sep + 45:
         body = replace(body, a=fov_half - 8)
-    kid_y_body = body.spine_y + rng.uniform(5, 22)
+    kid_y_body = body.spine_y + rng.uniform(-2, 14)  # KIDNEY_DEPTH_MM; version 2: 5 to 22
     origin = (-kz, -(ky - kid_y_body), -kx)  # body-frame mm of voxel (0, 0, 0)
     grid = Grid((nz, ny, nx), tuple(float(s) for s in spacing), origin)
     hu_table = draw_hu_table(rng, phase=phase, phase_rng=np.random.default_rng([int(seed), 4]))

@@ -51,8 +51,10 @@ class Tissue(IntEnum):
 # The renderer's version: bumped by every change that alters what is rendered for a given seed
 # (HU table, anatomy, scanner model), and written into each dataset's synth.json, so that results
 # can say which renderer made their data. 1: the first renderer (datasets without the field);
-# 2: calibrated against a real CT (muscle, cancellous bone, ribs; thinner cortical bone).
-RENDERER_VERSION = 2
+# 2: calibrated against a real CT (muscle, cancellous bone, ribs; thinner cortical bone); 3: the layout
+# behind the kidneys measured on the same CT (paraspinal muscles as wide as the real ones, the spine
+# further from the back, the kidneys' centres 2 mm in front of to 14 mm behind the vertebral bodies').
+RENDERER_VERSION = 3
 
 N_TISSUES = len(Tissue)
 TUMOR_LOOKS = (Tissue.TUMOR_A, Tissue.TUMOR_B, Tissue.TUMOR_C)
