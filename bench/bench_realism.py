@@ -150,7 +150,7 @@ def rendered_cases(n: int, seed: int, downsample: int, phase: str = "arterial"):
     for i in np.linspace(0, len(cases) - 1, n).round().astype(int):
         small = downsample_label(read_label(cases[i].label, {0, 1, 2}), downsample)
         image, tissue = render_with_tissues(small, case_seed(seed, int(i)), phase=phase)
-        yield cases[i].case_id, image.array.astype(np.float32), tissue.array
+        yield cases[i].case_id, image.array.astype(np.float32), tissue.array, image.spacing
 
 
 def procedural_cases(n: int, seed: int, phase: str = "arterial"):
@@ -183,7 +183,7 @@ def pooled(cases, limit_per_case: int = 200_000, seed: int = 0) -> dict:
     thresholds, ids, noise = [], [], []
     from kitseg.synth.tissues import Tissue
 
-    for case_id, hu, tissue in cases:
+    for case_id, hu, tissue, *_ in cases:
         sets, t = synthetic_sets(hu, tissue)
         thresholds.append(round(t, 1))
         noise.append(noise_sd(hu, tissue == Tissue.LIVER))
@@ -281,6 +281,43 @@ def section(result: dict, cmd: str) -> str:
     return "\n".join(lines)
 
 
+def layout(args) -> None:
+    """``--layout``: where the kidneys, the spine and the back's muscles lie, real slab vs rendered phantoms."""
+    import _realism_layout as lay
+    from kitseg.io import read_label, read_volume
+    from kitseg.synth.tissues import RENDERER_VERSION
+
+    ct = read_volume(_common.require(REAL / "example_ct_sm.nii.gz", "the real CT slab in ../shared/data/real_ct"))
+    organs = read_label(REAL / "example_ct_sm_organs.nii.gz")
+    names = json.loads((REAL / "example_ct_sm_organs.json").read_text(encoding="utf-8"))["labels"]
+    hu = ct.array.astype(np.float32)
+    real = lay.real_layout(hu, organs.array, names, body_mask(hu), ct.spacing)
+    cases, ids = [], []
+    for case_id, chu, tissue, spacing in rendered_cases(args.cases, args.seed, args.downsample, args.phase):
+        cases.append(lay.synthetic_layout(chu, tissue, body_mask(chu), spacing))
+        ids.append(case_id)
+        print(f"  {case_id}: {cases[-1]}", flush=True)
+    result = {"date": _common.now(), "machine": _common.machine(), "renderer_version": RENDERER_VERSION,
+              "downsample": args.downsample, "seed": args.seed, "real": real, "cases": ids, "rendered_cases": cases,
+              "rendered": lay.summary(cases)}
+    _common.write_json(NAME + "_layout" + (f"-{args.tag}" if args.tag else "") + ("-check" if args.no_update else ""),
+                       result)
+    text = "\n".join([
+        "### Measured against a real CT: the layout behind the kidneys", "",
+        f"{result['date']}, renderer version {RENDERER_VERSION}; command: `{_common.command('bench_realism.py')}`",
+        "", f"Real: example_ct_sm.nii.gz ({real['slices']} kidney slice-sides). Rendered: {len(ids)} KiTS19 label "
+        f"maps ({', '.join(ids)}), in-plane size / {args.downsample}, seed {args.seed}. Measured the same way in "
+        "both (bench/_realism_layout.py): the spinal canal, vertebral bodies and kidneys from labels (the real "
+        "slab's TotalSegmentator labels, the renderer's tissue map), soft tissue (-30 to 150 HU) and the body "
+        "outline from HU; each value is a case's median over its slices through a kidney, one side at a time.", "",
+        *lay.table(real, result["rendered"]), "",
+        f"The real slab's paraspinal muscles alone (TotalSegmentator \"autochthon\", one side): median "
+        f"{real['autochthon_mm2_median']:.0f} mm² a slice."])
+    print(text)
+    if not args.no_update:
+        update_doc(text, NAME + "_layout")
+
+
 def update_doc(body: str, name: str = NAME) -> None:
     doc = DOC.read_text(encoding="utf-8")
     start, end = _common.markers(name)
@@ -305,9 +342,14 @@ def main() -> None:
     ap.add_argument("--no-update", action="store_true", help="do not rewrite docs/SYNTH.md")
     ap.add_argument("--tag", default="", help="results go to bench/results/realism[-TAG].json")
     ap.add_argument("--quick", action="store_true", help="--cases 2 --procedural 1; implies --no-update")
+    ap.add_argument("--layout", action="store_true", help="measure where the kidneys, the spine and the back's "
+                    "muscles lie instead of the HU (bench/_realism_layout.py; its own docs/SYNTH.md section)")
     args = ap.parse_args()
     if args.quick:
         args.cases, args.procedural, args.no_update = 2, 1, True
+    if args.layout:
+        layout(args)
+        return
     from kitseg.synth.tissues import RENDERER_VERSION
 
     when = _common.now()
