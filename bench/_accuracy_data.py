@@ -19,7 +19,7 @@ BOARD = RESULTS / "leaderboard"
 # The renderer version (kitseg.synth.RENDERER_VERSION) that made the leaderboard's phantoms: every
 # committed entry was trained and tested on them. A newer renderer's phantoms go to their own folders
 # (renderer_suffix) until every entry is re-run on them.
-LEADERBOARD_RENDERER = 2
+LEADERBOARD_RENDERER = 1
 METRICS = {  # column of evaluate_folder's rows -> table heading
     "kits19_kidney_dice": "kidney Dice", "kits19_tumor_dice": "tumor Dice", "kits19_composite": "composite",
     "kidney_surface_dice": "kidney SD", "tumor_surface_dice": "tumor SD", "kidney_hd95_mm": "kidney HD95 mm",
@@ -102,6 +102,8 @@ def split_folder(src: Path, dst: Path, ids: list[str]) -> Path:
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     shutil.copyfile(src / "dataset.json", dst / "dataset.json")
+    if (src / "synth.json").is_file():  # so that a run trained on the split records synthetic training data
+        shutil.copyfile(src / "synth.json", dst / "synth.json")
     for c in ids:
         os.symlink((src / c).resolve(), dst / c, target_is_directory=True)
     return dst

@@ -137,6 +137,12 @@ def _spacing(sp) -> str:
     return " x ".join(f"{round(s, 2):g}" for s in sp)
 
 
+def _renderer(results: dict) -> str:
+    """The renderer version(s) of the entries' phantoms (results written before versions were recorded: 1)."""
+    versions = sorted({int(r.get("render", {}).get("renderer_version") or 1) for r in results.values()})
+    return " and ".join(map(str, versions))
+
+
 def _ids(ids: list[str]) -> str:
     return f"{int(ids[0][5:])}-{int(ids[-1][5:])}"
 
@@ -187,7 +193,9 @@ def markdown(results: dict, figure: Path | None) -> str:
              "which give each entry's date, machine, CPU flags and load; the table below repeats them).", "",
              f"Data: synthetic CTs rendered by `kitseg synth --from-masks ../shared/data/kits19 --downsample "
              f"{r0['downsample']}` for the real KiTS19 label maps (in-plane 512 / {r0['downsample']} voxels, slices "
-             f"kept). Training: cases {_ids(r0['train_ids'])} ({r0['n_splits']} splits, fold 0; the "
+             f"kept), by renderer version {_renderer(results)} (`kitseg.synth.RENDERER_VERSION`; a newer "
+             "renderer's phantoms are kept apart until every entry is re-run on them). "
+             f"Training: cases {_ids(r0['train_ids'])} ({r0['n_splits']} splits, fold 0; the "
              f"{len(r0['val_ids'])} validation cases are also predicted and scored below: settings were chosen on "
              f"them); test: cases {_ids(r0['test_ids'])} ({len(r0['test']['rows'])}).",
              f"Budget: **{' / '.join(f'{b:g}' for b in budgets)} min of training wall time per entry** on "

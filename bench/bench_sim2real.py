@@ -2,8 +2,8 @@
 
 The runs are leaderboard runs of bench_accuracy.py (default: the default recipe's, in
 bench/results/accuracy/ds4_n150_s0/kitseg_cascade/run, and, when trained, the same recipe trained on
-phantoms of which half are unenhanced: ``bench_accuracy.py --entries kitseg_cascade --unenhanced 0.5
---tag unenh50``). The real CTs are
+other phantoms, ``TWINS``: half unenhanced, ``bench_accuracy.py --entries kitseg_cascade --unenhanced 0.5
+--tag unenh50``, and the same by renderer version 3, ``--tag r3unenh50``). The real CTs are
 ../shared/data/real_ct/example_ct.nii.gz (112 slices at 3 mm) and example_ct_sm.nii.gz (its 30-slice
 slab), with example_ct_sm_kidneys.nii.gz (machine-made kidney labels of the slab). Reported:
 
@@ -32,15 +32,23 @@ NAME = "sim2real"
 TITLE = "Sim-to-real: the phantom-trained default model on real CT"
 REAL = _common.ROOT.parent / "shared" / "data" / "real_ct"
 DEFAULT_RUN = _common.RESULTS / "accuracy" / "ds4_n150_s0" / "kitseg_cascade" / "run"
-# the same recipe trained on phantoms of which half are unenhanced (bench_accuracy.py --unenhanced 0.5 --tag unenh50)
-UNENHANCED_RUN = _common.RESULTS / "accuracy" / "ds4_n150_s0_u0.5" / "kitseg_cascade@unenh50" / "run"
+# The same recipe trained on other phantoms, each included once scored (its leaderboard JSON exists):
+# (work folder, entry folder = result name). Half unenhanced (bench_accuracy.py --unenhanced 0.5 --tag unenh50);
+# half unenhanced by renderer version 3, whose layout behind the kidneys was measured on the real slab
+# (--unenhanced 0.5 --tag r3unenh50).
+TWINS = (("ds4_n150_s0_u0.5", "kitseg_cascade@unenh50"), ("ds4_n150_s0_u0.5_r3", "kitseg_cascade@r3unenh50"))
 
 
 def training_phantoms(run_dir: Path) -> str:
-    """What the leaderboard run was trained on, from its work folder's name (``..._u0.5``: half unenhanced)."""
-    work = Path(run_dir).resolve().parent.parent.name
+    """What a leaderboard run was trained on: the renderer version its training_data.json records, and the
+    unenhanced share its work folder's name gives (``..._u0.5``: half unenhanced)."""
+    from kitseg.training_data import from_run
+
+    version = from_run(run_dir).renderer_version
+    work = Path(run_dir).resolve().parent.parent.name.split("_r")[0]
     share = work.rpartition("_u")[2] if "_u" in work else ""
-    return f"phantoms, {float(share):.0%} unenhanced" if share else "phantoms, all late arterial"
+    what = f"{float(share):.0%} unenhanced" if share else "all late arterial"
+    return f"phantoms v{version or '?'}, {what}"
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,10 +92,14 @@ def measure(run_dir: Path) -> dict:
 def markdown(res: dict) -> str:
     out = _common.header(TITLE, res["date"], res["machine"], res["command"], 2, res.get("load_end"))
     out += [f"Models: `{res['recipe']}` ({res['profile'] or 'paper'} profile) trained by bench/bench_accuracy.py on "
-            "rendered phantoms only (30 min, the leaderboard's 120 training masks), once on late-arterial phantoms "
-            "(the leaderboard's) and once on phantoms of which half are rendered without contrast (`--unenhanced 0.5 "
-            "--tag unenh50`); no real CT was seen in training. The real slab is unenhanced (kidney 14 HU, "
-            "docs/SYNTH.md). Truth: example_ct_sm_kidneys.nii.gz (machine-made kidney labels of the slab).", "",
+            "rendered phantoms only (30 min, the leaderboard's 120 training masks): on late-arterial phantoms "
+            "(the leaderboard's; renderer version 1, v1), on phantoms of which half are rendered without contrast "
+            "(`--unenhanced 0.5 --tag unenh50`; v2, calibrated to the slab's HU, docs/SYNTH.md; trained on "
+            "2026-12-07 with the default of that day, whose stage 2 was 3D), and on half-unenhanced phantoms of "
+            "renderer version 3 (v3: paraspinal muscles, spine and kidney depth measured on the real slab, "
+            "docs/SYNTH.md; `--unenhanced 0.5 --tag r3unenh50`); no real CT was seen in training. The real slab is "
+            "unenhanced (kidney 14 HU, docs/SYNTH.md). Truth: example_ct_sm_kidneys.nii.gz (machine-made kidney "
+            "labels of the slab).", "",
             "| trained on | CT | shape (z, y, x) | kidney Dice | predicted kidney ml (truth) | predicted tumor ml | "
             "tumor voxels outside the kidneys | seconds |", "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
@@ -108,13 +120,14 @@ def markdown(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, nargs="+", help="run folders (default: the leaderboard's kitseg_cascade run "
-                    "and, when trained, its unenhanced-phantom twin)")
+                    "and, when trained and scored, its twins trained on other phantoms, TWINS)")
     ap.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md")
     _common.add_force_flag(ap)
     args = ap.parse_args()
     _common.require(REAL / "example_ct_sm_kidneys.nii.gz", "the real CTs in ../shared/data/real_ct")
-    done = _common.RESULTS / "leaderboard" / "kitseg_cascade@unenh50.json"  # written when that run is scored
-    runs = args.run or [DEFAULT_RUN] + ([UNENHANCED_RUN] if done.is_file() else [])
+    twins = [_common.RESULTS / "accuracy" / work / entry / "run" for work, entry in TWINS
+             if (_common.RESULTS / "leaderboard" / f"{entry}.json").is_file()]  # written when the run is scored
+    runs = args.run or [DEFAULT_RUN, *twins]
     for run in runs:
         if not (run / "recipe.json").is_file():
             raise SystemExit(f"{run}: no trained run there (run bench/bench_accuracy.py --entries kitseg_cascade)")
