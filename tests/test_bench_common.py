@@ -47,3 +47,19 @@ def test_forced_section_says_so(md, monkeypatch, how):
     title = lines.index("## Preprocessing: resampling")
     assert lines[title + 2].startswith("**Forced under load:** the 1-minute load average was 3.0 at the start")
     assert any(line.startswith("| resample | 1 s (under load) |") for line in lines)
+
+
+def test_a_split_of_rendered_phantoms_is_recorded_as_synthetic_training_data(tmp_path):
+    """The accuracy bench trains on split folders of links to its rendered cases; a run trained there must
+    say it saw synthetic CT (kitseg predict warns), with the renderer version of the phantoms."""
+    from _accuracy_data import split_folder
+
+    from kitseg.synth import RENDERER_VERSION, make_dataset
+    from kitseg.training_data import describe_folder
+
+    src = tmp_path / "rendered"
+    make_dataset(src, cases=3, seed=0, size="tiny", progress=False)
+    dst = split_folder(src, tmp_path / "train", ["case_00000", "case_00001"])
+    assert sorted(p.name for p in dst.iterdir() if p.is_dir()) == ["case_00000", "case_00001"]
+    data = describe_folder(dst)
+    assert data.synthetic is True and data.renderer_version == RENDERER_VERSION
