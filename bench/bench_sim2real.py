@@ -142,7 +142,8 @@ def main() -> None:
         best = max((r for r in res["rows"] if "kidney_dice" in r), key=lambda r: r["kidney_dice"])
         _common.update_markdown(NAME, text, [("sim-to-real: phantom-trained default model, kidney Dice on the real "
                                               "slab example_ct_sm", f"{best['kidney_dice']:.3f} trained on "
-                                              f"{best['model']} (goal 0.80)")], force=args.force)
+                                              f"{best['model']}, {best['kidney_ml']:.0f} ml predicted for "
+                                              f"{best['truth_kidney_ml']:.0f} ml (goal 0.80)")], force=args.force)
 
 
 if __name__ == "__main__":
