@@ -183,3 +183,33 @@ def test_make_sample_flips_and_25d_channel_order():
     # patches leaving the volume are padded with the CT background and label 0
     xe, ye = make_sample(case, Draw(0, (0, 0, 0)), g3, stage, targets)
     assert np.all(xe[0, :4] == case.background) and not ye[:4].any()
+
+
+def test_thin_field_of_view_keeps_a_run_of_slices_and_pads_the_rest_like_inference():
+    """A thin-FOV draw keeps thin_fov_mm of slices at a random place and makes the rest what inference pads a
+    thin CT with (the CT background, label 0); recipes that do not ask for it keep their random stream."""
+    img, lab = make_case((16, 32, 32), seed=0)
+    case = make_train_case("c", img, lab, (3.0, 1.5, 1.5), KITS)
+    stage = _tiny_recipe_obj().stage("segment")
+    g3 = Geometry("patch", 3, (16, 16, 16))
+    plain, _ = make_sample(case, Draw(0, (8, 16, 16)), g3, stage, {"localize": LOCALIZE})
+    x, y = make_sample(case, Draw(0, (8, 16, 16), aug=aug.AugParams(thin_fov=(15.0, 0.5))), g3, stage,
+                       {"localize": LOCALIZE})
+    kept = [k for k in range(16) if not np.all(x[0, k] == case.background)]
+    assert kept == list(range(6, 11))  # 15 mm of 3 mm slices, starting halfway through its 12 possible places
+    assert np.array_equal(x[0, 6:11], plain[0, 6:11]) and not y[..., :6, :, :].any() and not y[..., 11:, :, :].any()
+    # drawn with the probability asked for, in the range asked for; 3D only
+    spec = AugmentSpec(thin_fov=0.5, thin_fov_mm=(60, 90))
+    draws = [aug.sample_params(spec, np.random.default_rng(i), 3, (6.0, 6.0, 6.0)).thin_fov for i in range(200)]
+    thin = [d for d in draws if d is not None]
+    assert 70 < len(thin) < 130 and all(60 <= mm <= 90 and 0 <= at < 1 for mm, at in thin)
+    assert aug.sample_params(spec, np.random.default_rng(0), 2).thin_fov is None
+    r1, r2 = np.random.default_rng(1), np.random.default_rng(1)
+    aug.sample_params(AugmentSpec(), r1)
+    aug.sample_params(AugmentSpec(thin_fov_mm=(30, 40)), r2)
+    assert r1.random() == r2.random()
+
+
+def test_thin_field_of_view_range_is_checked():
+    with pytest.raises(ValueError, match="thin_fov_mm"):
+        AugmentSpec(thin_fov=0.3, thin_fov_mm=(90, 60))

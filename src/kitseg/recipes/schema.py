@@ -169,6 +169,18 @@ class AugmentSpec(_Strict):
     # blobs of up to prior_extra_mm radius attached to it, as an earlier stage that leaks into a neighbouring organ.
     prior_extra: float = Field(0.0, ge=0, le=1)
     prior_extra_mm: float = Field(20.0, gt=0)
+    # Thin field of view (ours, 3D networks): with probability thin_fov only a random run of slices
+    # U(thin_fov_mm) mm long is kept and the rest of the patch becomes background (CT) and label 0: what
+    # inference pads a CT thinner than the patch with (a slab, a partial scan).
+    thin_fov: float = Field(0.0, ge=0, le=1)
+    thin_fov_mm: tuple[float, float] = (60.0, 150.0)
+
+    @model_validator(mode="after")
+    def _thin_fov_range(self) -> AugmentSpec:
+        lo, hi = self.thin_fov_mm
+        if not 0 < lo <= hi:
+            raise ValueError(f"thin_fov_mm must be (low, high) mm with 0 < low <= high, got {self.thin_fov_mm}")
+        return self
 
 
 class InferenceSpec(_Strict):

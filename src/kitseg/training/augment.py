@@ -26,6 +26,10 @@ Transforms (``AugmentSpec``) and where they come from:
   ``prior_extra`` it first gets one or two ellipsoids of up to ``prior_extra_mm`` radius centred
   just outside its surface: the over-extension into a neighbouring organ that a briefly trained
   localizer makes (kitseg's phantom benchmark: stage 2's false positives lay inside such leaks).
+- thin field of view (``thin_fov``, ours, 3D networks): with this probability only a run of slices
+  U(``thin_fov_mm``) mm long, at a random place in the patch, is kept; the other slices become
+  background and label 0, as inference pads a CT thinner than the patch (a 9 cm slab: a localizer
+  trained only on whole abdomens found no kidney in one, BENCHMARKS.md "Sim-to-real").
 
 Rotation, zoom and the intensity scale/shift are each applied with probability ``probability``.
 """
@@ -60,6 +64,7 @@ class AugParams:
     prior_radius_mm: float = 0.0  # > 0 dilate, < 0 erode
     prior_extra_seed: int | None = None  # seeds the false-positive blobs added to the prior (None: none)
     prior_extra_mm: float = 20.0
+    thin_fov: tuple[float, float] | None = None  # (kept extent mm, its start as a fraction of the free room)
 
 
 NONE = AugParams()
@@ -105,6 +110,9 @@ def sample_params(spec: AugmentSpec, rng: np.random.Generator, dims: int = 3,
     intensity = u[2] < spec.probability
     block = None
     extra_u, extra_seed = (rng.random(), int(rng.integers(2**31))) if spec.prior_extra > 0 else (1.0, 0)
+    # drawn only when asked for, so that recipes without it keep their random stream
+    thin_u, thin_mm, thin_at = (rng.random(), rng.uniform(*spec.thin_fov_mm), rng.random()) if spec.thin_fov > 0 \
+        else (1.0, 0.0, 0.0)
     if prior_u < spec.prior_degrade:
         block = tuple(max(1, int(round(spec.prior_coarse_mm / float(s)))) for s in spacing)
     return AugParams(
@@ -120,6 +128,7 @@ def sample_params(spec: AugmentSpec, rng: np.random.Generator, dims: int = 3,
         prior_radius_mm=float(morph_u * spec.prior_morph_mm) if block else 0.0,
         prior_extra_seed=extra_seed if block and extra_u < spec.prior_extra else None,
         prior_extra_mm=spec.prior_extra_mm,
+        thin_fov=(float(thin_mm), float(thin_at)) if dims == 3 and thin_u < spec.thin_fov else None,
     )
 
 
@@ -159,6 +168,22 @@ def apply_spatial(ct: np.ndarray, label: np.ndarray, params: AugParams,
     out_ct = F.grid_sample(t_ct, grid, mode="bilinear", padding_mode="border", align_corners=True)
     out_lab = F.grid_sample(t_lab, grid, mode="nearest", padding_mode="zeros", align_corners=True)
     return out_ct[0, 0].numpy(), out_lab[0, 0].numpy().round().astype(label.dtype)
+
+
+def apply_thin_fov(ct: np.ndarray, label: np.ndarray, params: AugParams, slice_mm: float,
+                   background: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep a run of ``params.thin_fov[0]`` mm of slices (axis 0) and make the rest background / label 0."""
+    if params.thin_fov is None:
+        return ct, label
+    extent, at = params.thin_fov
+    n = ct.shape[0]
+    keep = min(n, max(1, int(round(extent / float(slice_mm)))))
+    start = int(at * (n - keep + 1)) if keep < n else 0
+    start = min(start, n - keep)
+    ct, label = ct.copy(), label.copy()
+    ct[:start], ct[start + keep:] = background, background
+    label[:start], label[start + keep:] = 0, 0
+    return ct, label
 
 
 def apply_flips(arrays: Sequence[np.ndarray], params: AugParams) -> list[np.ndarray]:

@@ -312,6 +312,7 @@ def make_sample(case: TrainCase, draw: Draw, geometry: Geometry, stage: Stage,
     ct, lab = aug.apply_spatial(ct, lab, draw.aug, patch)
     ct, lab = aug.apply_flips([ct, lab], draw.aug)
     ct = aug.apply_intensity(ct, draw.aug, geometry.dims)
+    ct, lab = aug.apply_thin_fov(ct, lab, draw.aug, case.spacing[0], case.background)
     if case.prior is not None:
         given = (lab >> PRIOR_BIT).astype(np.float32)
         lab = lab & ((1 << PRIOR_BIT) - 1)
