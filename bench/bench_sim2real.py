@@ -36,7 +36,12 @@ DEFAULT_RUN = _common.RESULTS / "accuracy" / "ds4_n150_s0" / "kitseg_cascade" / 
 # (work folder, entry folder = result name). Half unenhanced (bench_accuracy.py --unenhanced 0.5 --tag unenh50);
 # half unenhanced by renderer version 3, whose layout behind the kidneys was measured on the real slab
 # (--unenhanced 0.5 --tag r3unenh50).
-TWINS = (("ds4_n150_s0_u0.5", "kitseg_cascade@unenh50"), ("ds4_n150_s0_u0.5_r3", "kitseg_cascade@r3unenh50"))
+# The variant thin_fov (the localizer also trained on thin fields of view, docs/TRAINING.md) on the same phantoms:
+# the cpu profile since. Each with the recipe it was trained with, as the table names it.
+TWINS = (("ds4_n150_s0_u0.5", "kitseg_cascade@unenh50", "kitseg_cascade of 2026-12-07 01:46 (3D stage 2, no thin FOV)"),
+         ("ds4_n150_s0_u0.5_r3", "kitseg_cascade@r3unenh50", "kitseg_cascade:no_thin_fov"),
+         ("ds4_n150_s0_u0.5_r3", "kitseg_cascade__thin_fov@r3unenh50", "kitseg_cascade (cpu profile, with thin FOV)"))
+DEFAULT_LABEL = "kitseg_cascade:no_thin_fov (the leaderboard's run)"
 
 
 def training_phantoms(run_dir: Path) -> str:
@@ -63,7 +68,7 @@ def outside_tumor(labels: np.ndarray) -> int:
     return int(((labels == 2) & (tumor_inside_kidney(labels) != 2)).sum())
 
 
-def measure(run_dir: Path) -> dict:
+def measure(run_dir: Path, label: str | None = None) -> dict:
     import torch
 
     from kitseg.inference import load_run, predict
@@ -84,8 +89,10 @@ def measure(run_dir: Path) -> dict:
             gt = read_volume(REAL / truth).array > 0
             row.update(kidney_dice=dice(pred > 0, gt), truth_kidney_ml=float(gt.sum() * ct.voxel_volume_ml))
         rows.append(row)
+    entry = label or Path(run_dir).resolve().parent.name.split("@")[0].replace("__", ":")  # e.g. recipe:variant
     for r in rows:
         r["model"] = training_phantoms(run_dir)
+        r["entry"] = entry
     return {"run": str(run_dir), "recipe": run.recipe.name, "profile": run.recipe.profile, "rows": rows}
 
 
@@ -100,17 +107,20 @@ def markdown(res: dict) -> str:
             "docs/SYNTH.md; `--unenhanced 0.5 --tag r3unenh50`); no real CT was seen in training. The real slab is "
             "unenhanced (kidney 14 HU, docs/SYNTH.md). Truth: example_ct_sm_kidneys.nii.gz (machine-made kidney "
             "labels of the slab).", "",
-            "| trained on | CT | shape (z, y, x) | kidney Dice | predicted kidney ml (truth) | predicted tumor ml | "
-            "tumor voxels outside the kidneys | seconds |", "|---|---|---|---|---|---|---|---|"]
+            "| recipe | trained on | CT | shape (z, y, x) | kidney Dice | predicted kidney ml (truth) | "
+            "predicted tumor ml | tumor voxels outside the kidneys | seconds |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         kd = f"{r['kidney_dice']:.3f}" if "kidney_dice" in r else "-"
         truth = f" ({r['truth_kidney_ml']:.0f})" if "truth_kidney_ml" in r else ""
-        out.append(f"| {r.get('model', '-')} | {r['ct']} | {'x'.join(map(str, r['shape']))} | {kd} | "
+        out.append(f"| {r.get('entry', res['recipe'])} | {r.get('model', '-')} | {r['ct']} | "
+                   f"{'x'.join(map(str, r['shape']))} | {kd} | "
                    f"{r['kidney_ml']:.0f}{truth} | "
                    f"{r['tumor_ml']:.1f} | {r['tumor_outside_kidney_voxels']} | {r['seconds']:.1f} |")
     slab = [r for r in res["rows"] if "kidney_dice" in r]
     out += ["", "Reading: kidney Dice on the real slab (goal: at least 0.80) "
-            + "; ".join(f"{r['kidney_dice']:.3f} trained on {r['model']}" for r in slab) + "; "
+            + "; ".join(f"{r['kidney_dice']:.3f} ({r.get('entry', res['recipe'])} trained on {r['model']})"
+                        for r in slab) + "; "
             + ("no predicted tumor lies outside the predicted kidneys on either CT."
                if all(r["tumor_outside_kidney_voxels"] == 0 for r in res["rows"])
                else "some predicted tumor lies outside the predicted kidneys (see the table).")]
@@ -125,13 +135,13 @@ def main() -> None:
     _common.add_force_flag(ap)
     args = ap.parse_args()
     _common.require(REAL / "example_ct_sm_kidneys.nii.gz", "the real CTs in ../shared/data/real_ct")
-    twins = [_common.RESULTS / "accuracy" / work / entry / "run" for work, entry in TWINS
+    twins = [(_common.RESULTS / "accuracy" / work / entry / "run", label) for work, entry, label in TWINS
              if (_common.RESULTS / "leaderboard" / f"{entry}.json").is_file()]  # written when the run is scored
-    runs = args.run or [DEFAULT_RUN, *twins]
-    for run in runs:
+    runs = [(run, None) for run in args.run] if args.run else [(DEFAULT_RUN, DEFAULT_LABEL), *twins]
+    for run, _ in runs:
         if not (run / "recipe.json").is_file():
             raise SystemExit(f"{run}: no trained run there (run bench/bench_accuracy.py --entries kitseg_cascade)")
-    measured = [measure(run) for run in runs]
+    measured = [measure(run, label) for run, label in runs]
     res = {"date": _common.now(), "machine": _common.machine(), "command": _common.command("bench_sim2real.py"),
            **measured[0], "runs": [m["run"] for m in measured], "rows": [r for m in measured for r in m["rows"]],
            "load_end": _common.load_1min()}
@@ -141,8 +151,8 @@ def main() -> None:
     if not args.no_update:
         best = max((r for r in res["rows"] if "kidney_dice" in r), key=lambda r: r["kidney_dice"])
         _common.update_markdown(NAME, text, [("sim-to-real: phantom-trained default model, kidney Dice on the real "
-                                              "slab example_ct_sm", f"{best['kidney_dice']:.3f} trained on "
-                                              f"{best['model']}, {best['kidney_ml']:.0f} ml predicted for "
+                                              "slab example_ct_sm", f"{best['kidney_dice']:.3f}: {best['entry']} "
+                                              f"trained on {best['model']}, {best['kidney_ml']:.0f} ml predicted for "
                                               f"{best['truth_kidney_ml']:.0f} ml (goal 0.80)")], force=args.force)
 
 

@@ -53,7 +53,6 @@ def test_a_split_of_rendered_phantoms_is_recorded_as_synthetic_training_data(tmp
     """The accuracy bench trains on split folders of links to its rendered cases; a run trained there must
     say it saw synthetic CT (kitseg predict warns), with the renderer version of the phantoms."""
     from _accuracy_data import split_folder
-
     from kitseg.synth import RENDERER_VERSION, make_dataset
     from kitseg.training_data import describe_folder
 
