@@ -103,13 +103,19 @@ def noise_sd(hu: np.ndarray, mask: np.ndarray) -> float | None:
     return round(float(keep.std() / np.sqrt(2)), 1)
 
 
-def real_sets() -> tuple[dict[str, np.ndarray], dict]:
-    """HU of each tissue row in the real slab, and a description of what was used."""
+def real_slab():
+    """The real slab: its CT Volume, its organ label Volume and the labels' names (id -> TotalSegmentator name)."""
     from kitseg.io import read_label, read_volume
 
     ct = read_volume(_common.require(REAL / "example_ct_sm.nii.gz", "the real CT slab in ../shared/data/real_ct"))
     organs = read_label(REAL / "example_ct_sm_organs.nii.gz")
     names = json.loads((REAL / "example_ct_sm_organs.json").read_text(encoding="utf-8"))["labels"]
+    return ct, organs, names
+
+
+def real_sets() -> tuple[dict[str, np.ndarray], dict]:
+    """HU of each tissue row in the real slab, and a description of what was used."""
+    ct, organs, names = real_slab()
     hu, lab = ct.array.astype(np.float32), organs.array
     out, used = {}, {}
     for row, (prefixes, _) in GROUPS.items():
@@ -284,12 +290,9 @@ def section(result: dict, cmd: str) -> str:
 def layout(args) -> None:
     """``--layout``: where the kidneys, the spine and the back's muscles lie, real slab vs rendered phantoms."""
     import _realism_layout as lay
-    from kitseg.io import read_label, read_volume
     from kitseg.synth.tissues import RENDERER_VERSION
 
-    ct = read_volume(_common.require(REAL / "example_ct_sm.nii.gz", "the real CT slab in ../shared/data/real_ct"))
-    organs = read_label(REAL / "example_ct_sm_organs.nii.gz")
-    names = json.loads((REAL / "example_ct_sm_organs.json").read_text(encoding="utf-8"))["labels"]
+    ct, organs, names = real_slab()
     hu = ct.array.astype(np.float32)
     real = lay.real_layout(hu, organs.array, names, body_mask(hu), ct.spacing)
     cases, ids = [], []

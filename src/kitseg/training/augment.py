@@ -178,8 +178,7 @@ def apply_thin_fov(ct: np.ndarray, label: np.ndarray, params: AugParams, slice_m
     extent, at = params.thin_fov
     n = ct.shape[0]
     keep = min(n, max(1, int(round(extent / float(slice_mm)))))
-    start = int(at * (n - keep + 1)) if keep < n else 0
-    start = min(start, n - keep)
+    start = int(at * (n - keep + 1))  # at < 1: start <= n - keep
     ct, label = ct.copy(), label.copy()
     ct[:start], ct[start + keep:] = background, background
     label[:start], label[start + keep:] = 0, 0
