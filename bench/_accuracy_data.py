@@ -16,10 +16,13 @@ from _common import RESULTS, cpu_seconds
 
 WORK = RESULTS / "accuracy"
 BOARD = RESULTS / "leaderboard"
-# The renderer version (kitseg.synth.RENDERER_VERSION) that made the leaderboard's phantoms: every
-# committed entry was trained and tested on them. A newer renderer's phantoms go to their own folders
-# (renderer_suffix) until every entry is re-run on them.
-LEADERBOARD_RENDERER = 1
+# The leaderboard's setting: the renderer version (kitseg.synth.RENDERER_VERSION) that draws its phantoms
+# and their in-plane downsampling. Each entry's JSON records the setting it was run at; the report ranks
+# only the entries run at this one and lists the others apart until they are re-run (an untagged run at
+# another setting is refused). Was renderer version 1 at 1/4 resolution until 2026-12-07: 1/4 erased
+# the small tumors (test tumor Dice 0 below 8 ml) and version 1's back lacked the paraspinal muscles.
+LEADERBOARD_RENDERER = 3
+LEADERBOARD_DOWNSAMPLE = 2
 METRICS = {  # column of evaluate_folder's rows -> table heading
     "kits19_kidney_dice": "kidney Dice", "kits19_tumor_dice": "tumor Dice", "kits19_composite": "composite",
     "kidney_surface_dice": "kidney SD", "tumor_surface_dice": "tumor SD", "kidney_hd95_mm": "kidney HD95 mm",
@@ -61,11 +64,11 @@ def tag_args(flag: str, tag: str | None) -> list[str]:
 # Data
 # ---------------------------------------------------------------------------------------------
 def renderer_suffix() -> str:
-    """``""`` for the leaderboard's renderer version, else ``"_r<version>"``: the phantoms of another
-    renderer version get their own rendered and work folders, so that a cache never mixes two renderers'."""
+    """``"_r<version>"`` for renderer versions after 1 (whose folders predate the suffix): each renderer
+    version's phantoms get their own rendered and work folders, so that a cache never mixes two renderers'."""
     from kitseg.synth import RENDERER_VERSION
 
-    return f"_r{RENDERER_VERSION}" if RENDERER_VERSION != LEADERBOARD_RENDERER else ""
+    return f"_r{RENDERER_VERSION}" if RENDERER_VERSION != 1 else ""
 
 
 def rendered(cases: int, downsample: int, seed: int, unenhanced: float = 0.0) -> tuple[Path, dict]:

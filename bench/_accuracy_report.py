@@ -29,17 +29,38 @@ def fmt(v) -> str:
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
-def load(folder: Path) -> dict[str, dict]:
-    """entry -> result, from every ``<entry>.json`` (trial files ``<entry>@<tag>.json`` are left out)."""
+def setting(r: dict) -> tuple[int, int]:
+    """(renderer version, in-plane downsampling) of the phantoms an entry was run on (results written before
+    renderer versions were recorded: version 1)."""
+    return int(r.get("render", {}).get("renderer_version") or 1), int(r["downsample"])
+
+
+def load(folder: Path, at: tuple[int, int] | None = None) -> dict[str, dict]:
+    """entry -> result, from every ``<entry>.json`` (trial files ``<entry>@<tag>.json`` are left out); with
+    ``at``, only the entries run at that setting (``setting``). The default first, then by composite."""
     out = {}
     for p in sorted(Path(folder).glob("*.json")):
         if "@" in p.stem:
             continue
         r = json.loads(p.read_text(encoding="utf-8"))
-        out[r["entry"]] = r
+        if at is None or setting(r) == tuple(at):
+            out[r["entry"]] = r
     order = {e: i for i, e in enumerate([DEFAULT])}
     return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 1), -(kv[1]["test"]["mean"]
                                                                           ["kits19_composite"] or 0))))
+
+
+def table_earlier(earlier: dict) -> str:
+    """The entries not yet re-run at the leaderboard's setting: their test means at the setting they were run at."""
+    lines = ["| entry | phantoms (renderer version, in-plane resolution) | run | kidney Dice | tumor Dice | "
+             "composite | FP tumors / case | kidney < 0.6 |", "|---|---|---|---|---|---|---|---|"]
+    for e, r in earlier.items():
+        m = r["test"]["mean"]
+        version, ds = setting(r)
+        lines.append(f"| {label(e)} | {version}, 1/{ds} | {r['date']} | {fmt(m['kits19_kidney_dice'])} | "
+                     f"{fmt(m['kits19_tumor_dice'])} | {fmt(m['kits19_composite'])} | "
+                     f"{fmt(m['tumor_detection_false_positive_tumors'])} | {failures(r)} / {len(r['test']['rows'])} |")
+    return "\n".join(lines)
 
 
 def _by_case(r: dict, key: str, part: str = "test") -> dict:
@@ -184,7 +205,7 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
-def markdown(results: dict, figure: Path | None) -> str:
+def markdown(results: dict, figure: Path | None, earlier: dict | None = None) -> str:
     r0 = results.get(DEFAULT) or next(iter(results.values()))
     budgets = sorted({r["budget_min"] for r in results.values()})
     lines = [f"## {TITLE}", "",
@@ -193,8 +214,9 @@ def markdown(results: dict, figure: Path | None) -> str:
              "which give each entry's date, machine, CPU flags and load; the table below repeats them).", "",
              f"Data: synthetic CTs rendered by `kitseg synth --from-masks ../shared/data/kits19 --downsample "
              f"{r0['downsample']}` for the real KiTS19 label maps (in-plane 512 / {r0['downsample']} voxels, slices "
-             f"kept), by renderer version {_renderer(results)} (`kitseg.synth.RENDERER_VERSION`; a newer "
-             "renderer's phantoms are kept apart until every entry is re-run on them). "
+             f"kept), by renderer version {_renderer(results)} (`kitseg.synth.RENDERER_VERSION`). This setting "
+             "(`LEADERBOARD_RENDERER`, `LEADERBOARD_DOWNSAMPLE` in bench/_accuracy_data.py) is the leaderboard's; "
+             "entries run at an earlier one are listed apart below until they are re-run. "
              f"Training: cases {_ids(r0['train_ids'])} ({r0['n_splits']} splits, fold 0; the "
              f"{len(r0['val_ids'])} validation cases are also predicted and scored below: settings were chosen on "
              f"them); test: cases {_ids(r0['test_ids'])} ({len(r0['test']['rows'])}).",
@@ -219,6 +241,11 @@ def markdown(results: dict, figure: Path | None) -> str:
               table_scores(results, "val"), "", "Training and time:", "", table_time(results), ""]
     lines += rescored_notes(results)
     lines.append(reading(results))
+    if earlier:
+        lines += ["", f"Not yet re-run at this setting ({len(earlier)} entries): their test means on the phantoms "
+                  "they were run on, which are other renderings of the same test masks, so not comparable with the "
+                  "tables above nor paired with them (the full rows: the JSON files' git history):", "",
+                  table_earlier(earlier)]
     lines += ["", "What this does and does not show: the CTs are synthetic, rendered from real KiTS19 masks (real "
               "kidney and tumor shapes and scan geometries, simplified textures and contrast), at reduced in-plane "
               "resolution; the networks are CPU-sized and trained for minutes instead of days. It compares the "

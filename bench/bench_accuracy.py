@@ -48,6 +48,7 @@ import _accuracy_report as report
 import _common
 from _accuracy_data import (
     BOARD,
+    LEADERBOARD_DOWNSAMPLE,
     LEADERBOARD_RENDERER,
     METRICS,
     WORK,
@@ -350,8 +351,9 @@ def main() -> None:
                     help="what to train and score (default: every recipe and the two paper ablations)")
     ap.add_argument("--budget-min", type=float, default=30.0, help="training wall-clock minutes per entry (30)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="default auto")
-    ap.add_argument("--downsample", type=int, default=4, help="in-plane downsampling of the rendered CTs (default 4: "
-                    "128 x 128 slices)")
+    ap.add_argument("--downsample", type=int, default=LEADERBOARD_DOWNSAMPLE, help="in-plane downsampling of the "
+                    f"rendered CTs (default {LEADERBOARD_DOWNSAMPLE}, the leaderboard's: "
+                    f"{512 // LEADERBOARD_DOWNSAMPLE} x {512 // LEADERBOARD_DOWNSAMPLE} slices); another needs --tag")
     ap.add_argument("--cases", type=int, default=150, help="label maps to use, case_00000.. (default 150): the first "
                     "80 %% train, the rest test")
     ap.add_argument("--n-splits", type=int, default=10, help="splits of the training cases; fold 0 trains (default "
@@ -407,10 +409,15 @@ def main() -> None:
             raise SystemExit(f"bench_accuracy.py: {e}: {err}") from None
     if args.unenhanced and not args.tag:
         raise SystemExit("--unenhanced renders other test data than the leaderboard's: give --tag")
-    if renderer_suffix() and not args.tag:
-        raise SystemExit(f"this kitseg's renderer (version {renderer_suffix()[2:]}) draws other phantoms than the "
+    from kitseg.synth import RENDERER_VERSION
+
+    if RENDERER_VERSION != LEADERBOARD_RENDERER and not args.tag:
+        raise SystemExit(f"this kitseg's renderer (version {RENDERER_VERSION}) draws other phantoms than the "
                          f"leaderboard's (version {LEADERBOARD_RENDERER}): give --tag, or re-run every entry and "
                          "raise LEADERBOARD_RENDERER in bench/_accuracy_data.py")
+    if args.downsample != LEADERBOARD_DOWNSAMPLE and not args.tag:
+        raise SystemExit(f"--downsample {args.downsample} renders other test data than the leaderboard's "
+                         f"(--downsample {LEADERBOARD_DOWNSAMPLE}): give --tag")
     data, render = rendered(args.cases, args.downsample, args.seed, args.unenhanced)
     ids = [f"case_{i:05d}" for i in range(args.cases)]
     n_train = int(round(0.8 * args.cases))
@@ -457,12 +464,15 @@ def write_result(path: Path, result: dict, entry: str, test: dict, tail: str = "
 
 
 def update(force: bool = False) -> None:
-    results = report.load(BOARD)
+    at = (LEADERBOARD_RENDERER, LEADERBOARD_DOWNSAMPLE)
+    results = report.load(BOARD, at)
     if not results:
-        raise SystemExit(f"no results in {BOARD} yet: run the benchmark first")
+        raise SystemExit(f"no results in {BOARD} at the leaderboard's setting (renderer version {at[0]}, "
+                         f"--downsample {at[1]}) yet: run the benchmark first")
+    earlier = {e: r for e, r in report.load(BOARD).items() if e not in results}
     figure = report.plot(results, FIGURE)
     load = max((r.get("start_load") or 0.0) for r in results.values())  # the guard judges the measurements
-    _common.update_markdown(NAME, report.markdown(results, figure), report.headlines(results), force=force,
+    _common.update_markdown(NAME, report.markdown(results, figure, earlier), report.headlines(results), force=force,
                             load_start=load)
 
 

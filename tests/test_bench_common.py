@@ -62,3 +62,31 @@ def test_a_split_of_rendered_phantoms_is_recorded_as_synthetic_training_data(tmp
     assert sorted(p.name for p in dst.iterdir() if p.is_dir()) == ["case_00000", "case_00001"]
     data = describe_folder(dst)
     assert data.synthetic is True and data.renderer_version == RENDERER_VERSION
+
+
+def _result(entry: str, version: int | None, downsample: int, kidney: float) -> dict:
+    rows = [{"case_id": f"case_{i:05d}", "kits19_kidney_dice": kidney, "kits19_tumor_dice": 0.5,
+             "kits19_composite": (kidney + 0.5) / 2, "tumor_detection_false_positive_tumors": 0} for i in range(6)]
+    render = {"renderer_version": version} if version else {}
+    return {"entry": entry, "downsample": downsample, "render": render, "date": "2026-12-07 10:00",
+            "test": {"rows": rows, "mean": {k: rows[0][k] for k in rows[0] if k != "case_id"}}}
+
+
+def test_the_leaderboard_ranks_only_the_entries_run_at_its_setting(tmp_path):
+    """Entries run on another renderer's phantoms or at another resolution are not ranked nor paired with
+    the leaderboard's; they are listed apart, with the setting they were run at."""
+    import json
+
+    import _accuracy_report as report
+
+    runs = {"kitseg_cascade": _result("kitseg_cascade", 3, 2, 0.99), "unet2d": _result("unet2d", 3, 2, 0.95),
+            "unet3d": _result("unet3d", None, 4, 0.91), "tunet": _result("tunet", 3, 4, 0.80)}
+    for name, r in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r), encoding="utf-8")
+    (tmp_path / "unet3d@trial.json").write_text(json.dumps(_result("unet3d", 3, 2, 0.5)), encoding="utf-8")
+    now = report.load(tmp_path, (3, 2))
+    assert list(now) == ["kitseg_cascade", "unet2d"]
+    earlier = {e: r for e, r in report.load(tmp_path).items() if e not in now}
+    assert set(earlier) == {"unet3d", "tunet"}
+    table = report.table_earlier(earlier)
+    assert "| unet3d | 1, 1/4 |" in table and "| tunet | 3, 1/4 |" in table and "0.910" in table
