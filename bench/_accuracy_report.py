@@ -194,8 +194,9 @@ def plot(results: dict, path: Path) -> Path:
         ax.set_ylim(-0.03, 1.03)
         ax.grid(axis="y", alpha=0.3)
     r0 = next(iter(results.values()))
-    fig.suptitle(f"{len(r0['test']['rows'])} held-out rendered KiTS19 phantoms, {r0['budget_min']:g} min of CPU "
-                 "training per entry (cpu profiles)", fontsize=10)
+    fig.suptitle(f"{len(r0['test']['rows'])} held-out rendered KiTS19 phantoms (renderer version {_renderer(results)}, "
+                 f"1/{r0['downsample']} in-plane resolution), {r0['budget_min']:g} min of CPU training per entry "
+                 "(cpu profiles)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part.png")
@@ -314,5 +315,6 @@ def headlines(results: dict) -> list[tuple[str, str]]:
     if b:
         fig += (f"; {BASELINE}: composite {b['test']['mean']['kits19_composite']:.3f} (paired Wilcoxon p = "
                 f"{paired(d, b, 'kits19_composite')['p']:.2g})")
-    return [(f"accuracy on {len(d['test']['rows'])} rendered KiTS19 phantoms, {d['budget_min']:g} min of CPU "
-             f"training per recipe (cpu profiles; {len(results)} entries; not comparable with the papers)", fig)]
+    return [(f"accuracy on {len(d['test']['rows'])} rendered KiTS19 phantoms (renderer version {_renderer(results)}, "
+             f"1/{d['downsample']} in-plane resolution), {d['budget_min']:g} min of CPU training per recipe (cpu "
+             f"profiles; {len(results)} entries at this setting; not comparable with the papers)", fig)]

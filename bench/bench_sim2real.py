@@ -41,7 +41,7 @@ DEFAULT_RUN = _common.RESULTS / "accuracy" / "ds4_n150_s0" / "kitseg_cascade" / 
 TWINS = (("ds4_n150_s0_u0.5", "kitseg_cascade@unenh50", "kitseg_cascade of 2026-12-07 01:46 (3D stage 2, no thin FOV)"),
          ("ds4_n150_s0_u0.5_r3", "kitseg_cascade@r3unenh50", "kitseg_cascade:no_thin_fov"),
          ("ds4_n150_s0_u0.5_r3", "kitseg_cascade__thin_fov@r3unenh50", "kitseg_cascade (cpu profile, with thin FOV)"))
-DEFAULT_LABEL = "kitseg_cascade:no_thin_fov (the leaderboard's run)"
+DEFAULT_LABEL = "kitseg_cascade:no_thin_fov (the leaderboard's run until 2026-12-07)"
 
 
 def training_phantoms(run_dir: Path) -> str:
@@ -100,7 +100,8 @@ def markdown(res: dict) -> str:
     out = _common.header(TITLE, res["date"], res["machine"], res["command"], 2, res.get("load_end"))
     out += [f"Models: `{res['recipe']}` ({res['profile'] or 'paper'} profile) trained by bench/bench_accuracy.py on "
             "rendered phantoms only (30 min, the leaderboard's 120 training masks): on late-arterial phantoms "
-            "(the leaderboard's; renderer version 1, v1), on phantoms of which half are rendered without contrast "
+            "(the leaderboard's until 2026-12-07: renderer version 1 at 1/4 resolution, v1), on phantoms of which "
+            "half are rendered without contrast "
             "(`--unenhanced 0.5 --tag unenh50`; v2, calibrated to the slab's HU, docs/SYNTH.md; trained on "
             "2026-12-07 with the default of that day, whose stage 2 was 3D), and on half-unenhanced phantoms of "
             "renderer version 3 (v3: paraspinal muscles, spine and kidney depth measured on the real slab, "
