@@ -305,6 +305,23 @@ def test_kidneys_by_side_drops_specks_and_uses_the_body_midline_not_the_image_ce
     assert not kidneys_by_side(np.zeros_like(labels), ct, affine).any()
 
 
+def test_kidneys_by_side_keeps_a_kidney_pushed_forward_by_a_giant_tumor_and_drops_bowel_in_front():
+    """A kidney with a tumor of over a litre reaches far forward (on the benchmark's training masks such
+    kidneys' centres lie up to 31 mm in front of the body's centre): a component larger than ``large_ml``
+    may lie up to ``large_max_anterior_mm`` in front, a kidney-sized one only ``max_anterior_mm``."""
+    from kitseg.postprocessing import kidneys_by_side
+
+    ct, affine = _body_and_affine()  # 4 mm voxels; the body's centre front to back is at y index 20
+    labels = np.zeros(ct.shape, np.uint8)
+    giant = _blob(labels, (15, 12, 44), (6, 7, 9))  # the patient's left, 101 ml, centre 32 mm in front
+    tumor = _blob(labels, (15, 9, 44), (5, 4, 7), 2)
+    small = _blob(labels, (15, 12, 16), (3, 3, 3))  # the right (a solitary kidney on the left), 8 ml, 32 mm in front
+    out = kidneys_by_side(labels, ct, affine, min_ml=2.0, large_ml=50.0)  # the toy's scale: 101 ml is "large"
+    assert (out[giant & ~tumor] == 1).all() and (out[tumor] == 2).all()
+    assert (out[small] == 0).all()
+    assert not kidneys_by_side(labels, ct, affine, min_ml=2.0, large_ml=200.0)[giant].any()
+
+
 def test_tumor_far_from_any_kidney_is_removed_and_attached_tumor_kept():
     labels = np.zeros((20, 30, 30), np.uint8)
     kidney = _blob(labels, (10, 15, 8), (5, 4, 3))

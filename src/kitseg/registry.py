@@ -106,6 +106,8 @@ class KidneysBySideParams(_Params):
     min_ml: float = Field(10.0, ge=0)
     max_ml: float | None = Field(None, gt=0)
     max_anterior_mm: float = 25.0
+    large_ml: float = Field(500.0, ge=0)
+    large_max_anterior_mm: float = 45.0
     body_hu: float = -500.0
     connectivity: Connectivity = 26
     foreground: list[int] | None = None
