@@ -30,6 +30,20 @@ METRICS = {  # column of evaluate_folder's rows -> table heading
 }
 
 
+def stalled_seconds(epoch_model_s: list[float], factor: float = 2.0) -> float:
+    """Seconds a stage's training lost to stalls: over the epochs whose model time exceeds ``factor`` times the
+    stage's median epoch, their excess over the median. Every epoch of a stage does the same work, so such
+    epochs mean the CPUs were shared (torch's threads on an oversubscribed machine slow down by 10x or more,
+    not in proportion to the other work's share), and the entry trained on less than its budget. A stage whose
+    every epoch stalled (or one of under 3 epochs) shows nothing here."""
+    import statistics
+
+    if len(epoch_model_s) < 3:
+        return 0.0
+    med = statistics.median(epoch_model_s)
+    return float(sum(x - med for x in epoch_model_s if x > factor * med))
+
+
 def entry_recipe(entry: str):
     from kitseg.recipes import load_recipe
 

@@ -87,6 +87,18 @@ def fp_median(r: dict, part: str = "test") -> float:
     return statistics.median(vals) if vals else float("nan")
 
 
+def stalled(r: dict) -> float | None:
+    """Seconds of the entry's training lost to stalls (``_accuracy_data.stalled_seconds``; None: not recorded)."""
+    values = [s.get("stalled_s") for s in r.get("stages", [])]
+    return None if not values or any(v is None for v in values) else float(sum(values))
+
+
+def disturbed(r: dict) -> bool:
+    """Whether stalls cost the entry more than 5 % of its training budget."""
+    lost = stalled(r)
+    return lost is not None and lost > 0.05 * r.get("budget_min", 0.0) * 60
+
+
 def label(entry: str) -> str:
     return f"{entry} ({ABLATIONS[entry][1]})" if entry in ABLATIONS else entry
 
@@ -122,7 +134,8 @@ def table_scores(results: dict, part: str = "test") -> str:
                 cells.append(f"{d['mean']:+.3f} ({d['better']}/{d['worse']}, p = {d['p']:.2g})")
         else:
             cells += ["-", "-"]
-        lines.append(f"| {label(e)} | " + " | ".join(cells) + " |")
+        mark = " (training disturbed, see the notes)" if disturbed(r) else ""
+        lines.append(f"| {label(e)}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -276,6 +289,11 @@ def rescored_notes(results: dict) -> list[str]:
     for entry, r in results.items():
         if r.get("note"):
             out.append(f"- `{entry}`: {r['note']}")
+    for entry, r in results.items():
+        if disturbed(r):
+            out.append(f"- `{entry}`: **training disturbed**: epochs that took more than twice their stage's "
+                       f"median lost about {stalled(r):.0f} s of the {r['budget_min'] * 60:.0f} s budget (other work "
+                       "shared the CPUs), so it trained on less than the others; to be re-run on a quiet machine.")
     return (["Notes on the entries:", "", *out, ""]) if out else []
 
 

@@ -60,6 +60,7 @@ from _accuracy_data import (
     renderer_suffix,
     result_path,
     split_folder,
+    stalled_seconds,
     tag_args,
 )
 from _common import cpu_seconds, peak_rss_mb
@@ -113,7 +114,8 @@ def worker(args) -> dict:
                "best_epoch": r.best_epoch, "best_ema_dice": r.best_ema_dice,
                "patches": r.epochs_done * recipe.stage(r.stage).iterations_per_epoch * recipe.stage(r.stage).batch_size,
                "model_s": sum(h["model_s"] for h in r.history), "data_s": sum(h["data_s"] for h in r.history),
-               "val_s": sum(h["val_s"] for h in r.history)} for r in results]
+               "val_s": sum(h["val_s"] for h in r.history),
+               "stalled_s": stalled_seconds([h["model_s"] for h in r.history])} for r in results]
     return score_run(args, recipe, plan, stages, precision, t_prep, t_train, c_train, rss0, t_all)
 
 
@@ -175,7 +177,8 @@ def trained_worker(args) -> dict:
                        "finished": bool(ck["finished"]), "time_limited": not bool(ck["finished"]),
                        "seconds": sum(sums.values()), "best_epoch": int(ck["best_epoch"]),
                        "best_ema_dice": float(ck["best_ema_dice"]),
-                       "patches": done * stage.iterations_per_epoch * stage.batch_size, **sums})
+                       "patches": done * stage.iterations_per_epoch * stage.batch_size, **sums,
+                       "stalled_s": stalled_seconds([float(r["model_s"]) for r in rows])})
     if not stages:
         raise SystemExit(f"{run_dir}: no stage's log.csv; train the entry first")
     for part in ("test", "val"):  # predict_folder resumes what a stopped prediction left: start afresh

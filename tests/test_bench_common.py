@@ -90,3 +90,20 @@ def test_the_leaderboard_ranks_only_the_entries_run_at_its_setting(tmp_path):
     assert set(earlier) == {"unet3d", "tunet"}
     table = report.table_earlier(earlier)
     assert "| unet3d | 1, 1/4 |" in table and "| tunet | 3, 1/4 |" in table and "0.910" in table
+
+
+def test_stalled_epochs_are_counted_as_lost_training_time():
+    """Every epoch of a stage does the same work: epochs far slower than the stage's median mean shared CPUs, and
+    the report marks an entry that lost more than 5 % of its budget to them."""
+    import _accuracy_report as report
+    from _accuracy_data import stalled_seconds
+
+    assert stalled_seconds([24.0, 25.0, 24.5, 23.9, 24.2]) == 0.0
+    assert stalled_seconds([24.0] * 10 + [53.0, 326.0, 333.0]) == (53 - 24) + (326 - 24) + (333 - 24)
+    assert stalled_seconds([5.0, 300.0]) == 0.0  # too few epochs to tell
+    r = _result("unet2d", 3, 2, 0.95)
+    r.update(budget_min=30.0, stages=[{"stage": "segment", "stalled_s": 60.0}])
+    assert not report.disturbed(r)  # 60 s of 1800: under 5 %
+    r["stages"][0]["stalled_s"] = 800.0
+    assert report.disturbed(r) and "training disturbed" in "\n".join(report.rescored_notes({"unet2d": r}))
+    assert not report.disturbed(_result("tunet", 3, 2, 0.9))  # written before stalls were recorded
