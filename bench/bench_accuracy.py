@@ -21,7 +21,13 @@ scored on the same held-out rendered phantoms, with each paper's headline ablati
 Each entry's result is kept as a small JSON file, ``bench/results/leaderboard/<entry>.json``
 (committed, with its date and machine), so a leaderboard that takes longer than one sitting is
 assembled from runs made on different days: ``--report`` rebuilds the section of BENCHMARKS.md,
-the box plot (bench/figures/accuracy.png) and the paired comparisons from those files.
+the box plot (bench/figures/accuracy.png) and the paired comparisons from those files. The
+leaderboard's setting (renderer version and ``--downsample``: ``LEADERBOARD_RENDERER``,
+``LEADERBOARD_DOWNSAMPLE`` in _accuracy_data.py) is recorded in each JSON; the report ranks the
+entries run at it and lists the others apart until they are re-run. Each stage also records the
+training time lost to stalled epochs (``stalled_s``): run nothing else on the machine while an
+entry trains, not even niced inference, since torch's threads on oversubscribed cores stall and a
+time-budgeted entry then trains on a fraction of its budget; the report marks such entries.
 
     .venv/bin/python bench/bench_accuracy.py                                  # every entry, 30 min each
     .venv/bin/python bench/bench_accuracy.py --entries kitseg_cascade nnunet_3d_fullres
