@@ -117,6 +117,8 @@ def table_ablations(results: dict) -> str:
         c = paired(a, b, "kits19_composite")
         cells.append(f"{fmt(a['test']['mean']['kits19_composite'])} vs {fmt(b['test']['mean']['kits19_composite'])} "
                      f"({c['mean']:+.3f}, {c['better']} / {c['worse']}, p = {c['p']:.2g})")
+        if disturbed(a) or disturbed(b):
+            what += " (**one side's training was disturbed: not a fair comparison until it is re-run**)"
         lines.append(f"| {full} | {entry} | {what} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
