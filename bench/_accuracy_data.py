@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -65,9 +66,25 @@ def entry_dir(work: Path, entry: str, tag: str | None) -> Path:
     return Path(work) / tagged(entry, tag)
 
 
-def result_path(entry: str, tag: str | None) -> Path:
-    """An entry's result JSON in bench/results/leaderboard/."""
-    return BOARD / (tagged(entry, tag) + ".json")
+def cpu_kind(machine: dict) -> str:
+    """The board a run belongs to, as a folder name: its CPU model, with ``-amx`` where it has AMX-BF16.
+
+    The budget is wall-clock time, and one CPU buys more training in it than another (a training step of the
+    same network takes 1.4-2.1x longer on the AMD EPYC without AMX than on the Xeon with it: bench_throughput),
+    so only entries trained on one kind of CPU are ranked and paired with each other."""
+    name = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b|@.*", " ", machine["cpu"].lower())
+    slug = "-".join(re.findall(r"[a-z0-9]+", name)) or "cpu"
+    return slug + ("-amx" if "amx_bf16" in machine.get("cpu_flags", []) else "")
+
+
+def board_dir(kind: str | None = None) -> Path:
+    """The folder of one CPU kind's results (default: this machine's), bench/results/leaderboard/<kind>/."""
+    return BOARD / (kind or cpu_kind(_common.machine()))
+
+
+def result_path(entry: str, tag: str | None, kind: str | None = None) -> Path:
+    """An entry's result JSON on one CPU kind's board (default: this machine's)."""
+    return board_dir(kind) / (tagged(entry, tag) + ".json")
 
 
 def tag_args(flag: str, tag: str | None) -> list[str]:

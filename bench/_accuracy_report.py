@@ -211,8 +211,8 @@ def plot(results: dict, path: Path) -> Path:
     r0 = next(iter(results.values()))
     fig.suptitle(f"{len(r0['test']['rows'])} held-out rendered KiTS19 phantoms (renderer version {_renderer(results)}, "
                  f"1/{r0['downsample']} in-plane resolution), {r0['budget_min']:g} min of CPU training per entry "
-                 "(cpu profiles)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+                 f"(cpu profiles)\ntrained on {short_cpu(r0)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part.png")
     fig.savefig(tmp, dpi=90)
@@ -221,16 +221,44 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
-def markdown(results: dict, figure: Path | None, earlier: dict | None = None) -> str:
-    r0 = results.get(DEFAULT) or next(iter(results.values()))
-    budgets = sorted({r["budget_min"] for r in results.values()})
+def cpu_label(r: dict) -> str:
+    """The CPU a result was trained on, for a heading: model and its bf16 flags."""
+    m = r["machine"]
+    return f"{m['cpu']} ({' '.join(m.get('cpu_flags', [])) or 'no bf16 flags'})"
+
+
+def short_cpu(r: dict) -> str:
+    """The CPU a result was trained on, briefly: model, AMX or not, threads."""
+    m = r["machine"]
+    return f"{m['cpu']} ({'AMX-BF16' if 'amx_bf16' in m.get('cpu_flags', []) else 'no AMX'}, {r['threads']} threads)"
+
+
+def boards(root: Path, at: tuple[int, int]) -> dict[str, tuple[dict, dict]]:
+    """CPU kind -> (entries run at the setting ``at``, entries run at an earlier one), from each sub-folder of
+    ``root`` (``_accuracy_data.cpu_kind``); the board with the most entries at the setting first."""
+    out = {}
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        now = load(folder, at)
+        earlier = {e: r for e, r in load(folder).items() if e not in now}
+        if now or earlier:
+            out[folder.name] = (now, earlier)
+    return dict(sorted(out.items(), key=lambda kv: -len(kv[1][0])))
+
+
+def markdown(by_kind: dict[str, tuple[dict, dict]], figures: dict[str, Path | None]) -> str:
+    """The section: what the leaderboard is, then one block per CPU kind (``boards``)."""
+    runs = [r for now, _ in by_kind.values() for r in now.values()]
+    r0 = next((r for r in runs if r["entry"] == DEFAULT), runs[0])
+    budgets = sorted({r["budget_min"] for r in runs})
     lines = [f"## {TITLE}", "",
              "Command: `python bench/bench_accuracy.py` (each entry in its own process; `--entries` runs some, "
-             "`--report` rebuilds this section from the committed per-entry results in bench/results/leaderboard/, "
-             "which give each entry's date, machine, CPU flags and load; the table below repeats them).", "",
+             "`--report` rebuilds this section from the committed per-entry results in "
+             "bench/results/leaderboard/<CPU kind>/, which give each entry's date, machine, CPU flags and load; the "
+             "tables below repeat them).", "",
              f"Data: synthetic CTs rendered by `kitseg synth --from-masks ../shared/data/kits19 --downsample "
              f"{r0['downsample']}` for the real KiTS19 label maps (in-plane 512 / {r0['downsample']} voxels, slices "
-             f"kept), by renderer version {_renderer(results)} (`kitseg.synth.RENDERER_VERSION`). This setting "
+             f"kept), by renderer version {_renderer({r['entry']: r for r in runs})} "
+             "(`kitseg.synth.RENDERER_VERSION`). This setting "
              "(`LEADERBOARD_RENDERER`, `LEADERBOARD_DOWNSAMPLE` in bench/_accuracy_data.py) is the leaderboard's; "
              "entries run at an earlier one are listed apart below until they are re-run. "
              f"Training: cases {_ids(r0['train_ids'])} ({r0['n_splits']} splits, fold 0; the "
@@ -243,12 +271,33 @@ def markdown(results: dict, figure: Path | None, earlier: dict | None = None) ->
              "follows the clock and ends with the budget, a multistep one gets its iterations per epoch fitted to "
              "it from a measured step. "
              "Preprocessing, prediction and evaluation are outside the budget.", "",
+             "One board per kind of CPU: wall-clock minutes buy different amounts of training on different CPUs (the "
+             "same training step takes 1.4-2.1x longer on an AMD EPYC without AMX than on a Xeon with AMX-BF16: "
+             "\"Why one board per CPU\" in the analysis below), so entries are ranked and paired only with entries "
+             "trained on the same kind of CPU, and the default is run on each. A run lands on the board of the "
+             "machine it runs on (`_accuracy_data.cpu_kind`).", ""]
+    for kind, (results, earlier) in by_kind.items():
+        if results:
+            lines += board_markdown(kind, results, figures.get(kind), earlier)
+    lines += ["What this does and does not show: the CTs are synthetic, rendered from real KiTS19 masks (real "
+              "kidney and tumor shapes and scan geometries, simplified textures and contrast), at reduced in-plane "
+              "resolution; the networks are CPU-sized and trained for minutes instead of days. It compares the "
+              "methods under equal conditions on one kind of CPU; the figures are not comparable with the papers' "
+              "GPU results on real CT (REFERENCE.md), nor do they predict any method's accuracy there."]
+    return "\n".join(lines)
+
+
+def board_markdown(kind: str, results: dict, figure: Path | None, earlier: dict | None = None) -> list[str]:
+    """One CPU kind's board: scores, box plot, ablations, validation, time, notes, reading, earlier entries."""
+    r0 = results.get(DEFAULT) or next(iter(results.values()))
+    lines = [f"### Trained on {cpu_label(r0)}", "",
+             f"{len(results)} entries at the leaderboard's setting (bench/results/leaderboard/{kind}/). "
              "Test cases, mean (median); SD = Surface Dice at the KiTS23 tolerances; HD95 over the cases where both "
              "masks are non-empty; FP tumors = predicted tumor components touching no true tumor; the last columns "
-             f"compare {DEFAULT} with each entry per case (mean difference, cases better / worse, paired Wilcoxon "
-             "p):", "", table_scores(results), ""]
+             f"compare {DEFAULT} (trained on this kind of CPU) with each entry per case (mean difference, cases "
+             "better / worse, paired Wilcoxon p):", "", table_scores(results), ""]
     if figure is not None:
-        lines += [f"![Dice per test case and entry]({figure.relative_to(_common.ROOT).as_posix()})", ""]
+        lines += [f"![Dice per test case and entry, {kind}]({figure.relative_to(_common.ROOT).as_posix()})", ""]
     ablations = table_ablations(results)
     if ablations:
         lines += ["The papers' headline ablations, each against the entry it leaves something out of (test cases):",
@@ -256,18 +305,15 @@ def markdown(results: dict, figure: Path | None, earlier: dict | None = None) ->
     lines += ["Validation cases (what settings were chosen on), mean (median):", "",
               table_scores(results, "val"), "", "Training and time:", "", table_time(results), ""]
     lines += rescored_notes(results)
-    lines.append(reading(results))
+    read = reading(results)
+    if read:
+        lines += [read, ""]
     if earlier:
-        lines += ["", f"Not yet re-run at this setting ({len(earlier)} entries): their test means on the phantoms "
-                  "they were run on, which are other renderings of the same test masks, so not comparable with the "
-                  "tables above nor paired with them (the full rows: the JSON files' git history):", "",
-                  table_earlier(earlier)]
-    lines += ["", "What this does and does not show: the CTs are synthetic, rendered from real KiTS19 masks (real "
-              "kidney and tumor shapes and scan geometries, simplified textures and contrast), at reduced in-plane "
-              "resolution; the networks are CPU-sized and trained for minutes instead of days. It compares the "
-              "methods under equal conditions on this machine; the figures are not comparable with the papers' "
-              "GPU results on real CT (REFERENCE.md), nor do they predict any method's accuracy there."]
-    return "\n".join(lines)
+        lines += [f"Not yet re-run at this setting on this kind of CPU ({len(earlier)} entries): their test means on "
+                  "the phantoms they were run on, which are other renderings of the same test masks, so not "
+                  "comparable with the tables above nor paired with them (the full rows: the JSON files' git "
+                  "history):", "", table_earlier(earlier), ""]
+    return lines
 
 
 def rescored_notes(results: dict) -> list[str]:
@@ -325,16 +371,22 @@ def best_other(results: dict) -> str:
             f"default against it: better in {c['better']}, worse in {c['worse']}, p = {c['p']:.2g}).")
 
 
-def headlines(results: dict) -> list[tuple[str, str]]:
-    d, b = results.get(DEFAULT), results.get(BASELINE)
-    if not d:
-        return []
-    m = d["test"]["mean"]
-    fig = (f"{DEFAULT}: kidney {m['kits19_kidney_dice']:.3f}, tumor {m['kits19_tumor_dice']:.3f}, composite "
-           f"{m['kits19_composite']:.3f}")
-    if b:
-        fig += (f"; {BASELINE}: composite {b['test']['mean']['kits19_composite']:.3f} (paired Wilcoxon p = "
-                f"{paired(d, b, 'kits19_composite')['p']:.2g})")
-    return [(f"accuracy on {len(d['test']['rows'])} rendered KiTS19 phantoms (renderer version {_renderer(results)}, "
-             f"1/{d['downsample']} in-plane resolution), {d['budget_min']:g} min of CPU training per recipe (cpu "
-             f"profiles; {len(results)} entries at this setting; not comparable with the papers)", fig)]
+def headlines(by_kind: dict[str, tuple[dict, dict]]) -> list[tuple[str, str]]:
+    """One summary row per CPU kind whose board holds the default."""
+    out = []
+    for results, _ in by_kind.values():
+        d, b = results.get(DEFAULT), results.get(BASELINE)
+        if not d:
+            continue
+        m = d["test"]["mean"]
+        fig = (f"{DEFAULT}: kidney {m['kits19_kidney_dice']:.3f}, tumor {m['kits19_tumor_dice']:.3f}, composite "
+               f"{m['kits19_composite']:.3f}")
+        if b:
+            fig += (f"; {BASELINE}: composite {b['test']['mean']['kits19_composite']:.3f} (paired Wilcoxon p = "
+                    f"{paired(d, b, 'kits19_composite')['p']:.2g})")
+        out.append((f"accuracy on {len(d['test']['rows'])} rendered KiTS19 phantoms (renderer version "
+                     f"{_renderer(results)}, 1/{d['downsample']} in-plane resolution), {d['budget_min']:g} min of "
+                     f"training per recipe on {short_cpu(d)} (cpu profiles; {len(results)} entries; not comparable "
+                     "with the papers)",
+                     fig))
+    return out

@@ -18,10 +18,13 @@ scored on the same held-out rendered phantoms, with each paper's headline ablati
    ``kitseg.metrics.evaluate_folder``: KiTS19 kidney, tumor and composite Dice, Surface Dice at the
    KiTS23 tolerances, HD95, false-positive tumor components; wall time of each step.
 
-Each entry's result is kept as a small JSON file, ``bench/results/leaderboard/<entry>.json``
+Each entry's result is kept as a small JSON file, ``bench/results/leaderboard/<cpu kind>/<entry>.json``
 (committed, with its date and machine), so a leaderboard that takes longer than one sitting is
 assembled from runs made on different days: ``--report`` rebuilds the section of BENCHMARKS.md,
-the box plot (bench/figures/accuracy.png) and the paired comparisons from those files. The
+the box plots (bench/figures/accuracy_<cpu kind>.png) and the paired comparisons from those files.
+The budget is wall-clock time, which buys different amounts of training on different CPUs, so there
+is one board per kind of CPU (``_accuracy_data.cpu_kind``: the CPU model, ``-amx`` with AMX-BF16): a
+run lands on its machine's board, and entries are ranked and paired only within a board. The
 leaderboard's setting (renderer version and ``--downsample``: ``LEADERBOARD_RENDERER``,
 ``LEADERBOARD_DOWNSAMPLE`` in _accuracy_data.py) is recorded in each JSON; the report ranks the
 entries run at it and lists the others apart until they are re-run. Each stage also records the
@@ -72,7 +75,6 @@ from _accuracy_data import (
 from _common import cpu_seconds, peak_rss_mb
 
 NAME = "accuracy"
-FIGURE = _common.FIGURES / "accuracy.png"
 DEFAULT = "kitseg_cascade"
 BASELINE = "nnunet_3d_fullres"
 # The leaderboard: every recipe, then each paper's headline ablation (recipe:variant).
@@ -372,14 +374,14 @@ def main() -> None:
                     "(kitseg synth --unenhanced; default 0: all late arterial, the leaderboard's data). Its own "
                     "rendering and work folder; needs --tag")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--tag", help="keep the results as bench/results/leaderboard/<entry>@<tag>.json and the trained "
-                    "run and predictions in the work folder's <entry>@<tag>/ (a trial, left out of the table; the "
-                    "entry's own run is not touched)")
+    ap.add_argument("--tag", help="keep the results as bench/results/leaderboard/<cpu kind>/<entry>@<tag>.json "
+                    "and the trained run and predictions in the work folder's <entry>@<tag>/ (a trial, left out of "
+                    "the table; the entry's own run is not touched)")
     ap.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md or the figure")
     ap.add_argument("--quick", action="store_true", help="--cases 10 --downsample 8 --budget-min 1 "
                     "(a few minutes); implies --no-update and --tag quick")
-    ap.add_argument("--report", action="store_true", help="only rebuild the section and the figure from "
-                    "bench/results/leaderboard/*.json")
+    ap.add_argument("--report", action="store_true", help="only rebuild the section and the figures from "
+                    "bench/results/leaderboard/*/*.json")
     ap.add_argument("--rescore", action="store_true", help="predict and score the entries' trained runs again "
                     "(after an inference fix, or with the recipe's new post-processing or inference settings) without "
                     "retraining (refused when the recipe now trains differently); the JSON keeps its training figures "
@@ -474,15 +476,19 @@ def write_result(path: Path, result: dict, entry: str, test: dict, tail: str = "
 
 def update(force: bool = False) -> None:
     at = (LEADERBOARD_RENDERER, LEADERBOARD_DOWNSAMPLE)
-    results = report.load(BOARD, at)
-    if not results:
+    by_kind = report.boards(BOARD, at) if BOARD.is_dir() else {}
+    if not any(now for now, _ in by_kind.values()):
         raise SystemExit(f"no results in {BOARD} at the leaderboard's setting (renderer version {at[0]}, "
                          f"--downsample {at[1]}) yet: run the benchmark first")
-    earlier = {e: r for e, r in report.load(BOARD).items() if e not in results}
-    figure = report.plot(results, FIGURE)
-    load = max((r.get("start_load") or 0.0) for r in results.values())  # the guard judges the measurements
-    _common.update_markdown(NAME, report.markdown(results, figure, earlier), report.headlines(results), force=force,
-                            load_start=load)
+    figures = {kind: report.plot(now, figure_path(kind)) for kind, (now, _) in by_kind.items() if now}
+    load = max((r.get("start_load") or 0.0) for now, _ in by_kind.values() for r in now.values())
+    _common.update_markdown(NAME, report.markdown(by_kind, figures), report.headlines(by_kind), force=force,
+                            load_start=load)  # the guard judges the measurements
+
+
+def figure_path(kind: str) -> Path:
+    """The box plot of one CPU kind's board."""
+    return _common.FIGURES / f"accuracy_{kind}.png"
 
 
 if __name__ == "__main__":

@@ -107,3 +107,62 @@ def test_stalled_epochs_are_counted_as_lost_training_time():
     r["stages"][0]["stalled_s"] = 800.0
     assert report.disturbed(r) and "training disturbed" in "\n".join(report.rescored_notes({"unet2d": r}))
     assert not report.disturbed(_result("tunet", 3, 2, 0.9))  # written before stalls were recorded
+
+
+def test_cpu_kind_names_the_board_by_cpu_model_and_amx():
+    from _accuracy_data import cpu_kind
+
+    assert cpu_kind({"cpu": "Intel(R) Xeon(R) Processor", "cpu_flags": ["amx_bf16", "avx512f"]}) == "intel-xeon-amx"
+    assert cpu_kind({"cpu": "AMD EPYC", "cpu_flags": ["avx512_bf16"]}) == "amd-epyc"
+    assert cpu_kind({"cpu": "Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz", "cpu_flags": []}) == "intel-core-i7-8700"
+
+
+XEON = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_flags": ["amx_bf16"]}
+EPYC = {"cpu": "AMD EPYC", "cpu_flags": ["avx512_bf16"]}
+
+
+def _full_result(entry: str, machine: dict, kidneys: list[float]) -> dict:
+    rows = [{"case_id": f"case_{120 + i:05d}", "kits19_kidney_dice": k, "kits19_tumor_dice": k / 2,
+             "kits19_composite": 0.75 * k, "tumor_detection_false_positive_tumors": 0} for i, k in enumerate(kidneys)]
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "case_id"}
+    mean.update(kidney_surface_dice=0.9, tumor_surface_dice=0.5, kidney_hd95_mm=3.0, tumor_hd95_mm=9.0)
+    part = {"rows": rows, "mean": mean, "median": mean, "predict_case_s": [1.0] * len(rows)}
+    stage = {"stage": "segment", "epochs_done": 5, "epochs_planned": 1000, "finished": False, "time_limited": True,
+             "seconds": 1800.0, "best_epoch": 5, "best_ema_dice": 0.9, "patches": 50, "model_s": 1700.0,
+             "data_s": 50.0, "val_s": 50.0, "stalled_s": 0.0}
+    return {"entry": entry, "downsample": 2, "render": {"renderer_version": 3}, "date": "2026-12-07 20:00",
+            "machine": {**machine, "cores": 2}, "threads": 2, "budget_min": 30.0, "n_splits": 10,
+            "train_ids": ["case_00000", "case_00119"], "val_ids": ["case_00001"], "precision": "bf16",
+            "spacing": {"segment": None}, "stages": [stage], "preprocess_s": 10.0, "train_s": 1800.0,
+            "train_cpu_s": 3600.0, "test": part, "val": part, "peak_rss_mb": 900, "start_load": 0.1,
+            "test_ids": [r["case_id"] for r in rows]}
+
+
+def test_entries_are_ranked_and_paired_only_on_their_own_cpu_kinds_board(tmp_path):
+    """Wall-clock minutes buy different training on different CPUs: each CPU kind's folder is its own board, with
+    the default trained on that CPU as the reference of its paired comparisons."""
+    import json
+
+    import _accuracy_report as report
+
+    good, poor = [0.95, 0.9, 0.97, 0.92, 0.96, 0.94, 0.93], [0.5, 0.4, 0.6, 0.45, 0.55, 0.52, 0.48]
+    files = {"intel-xeon-amx/kitseg_cascade": _full_result("kitseg_cascade", XEON, good),
+             "intel-xeon-amx/unet2d": _full_result("unet2d", XEON, poor),
+             "amd-epyc/kitseg_cascade": _full_result("kitseg_cascade", EPYC, poor),
+             "amd-epyc/unet2d": _full_result("unet2d", EPYC, good),
+             "amd-epyc/zhang2019_cascade": _full_result("zhang2019_cascade", EPYC, good)}
+    for name, r in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / f"{name}.json").write_text(json.dumps(r), encoding="utf-8")
+    by_kind = report.boards(tmp_path, (3, 2))
+    assert list(by_kind) == ["amd-epyc", "intel-xeon-amx"]  # the fuller board first
+    assert set(by_kind["intel-xeon-amx"][0]) == {"kitseg_cascade", "unet2d"}
+    md = report.markdown(by_kind, {})
+    xeon, epyc = md.index("### Trained on Intel(R) Xeon(R) Processor"), md.index("### Trained on AMD EPYC")
+    epyc_block, xeon_block = md[epyc:xeon], md[xeon:]
+    # on the Xeon the default beats unet2d in every case, on the EPYC it loses to it in every case
+    assert "| unet2d | " in xeon_block and "(7/0, p = " in xeon_block.split("| unet2d | ")[1].splitlines()[0]
+    assert "(0/7, p = " in epyc_block.split("| unet2d | ")[1].splitlines()[0]
+    rows = report.headlines(by_kind)
+    assert len(rows) == 2 and "AMD EPYC (no AMX, 2 threads)" in rows[0][0]
+    assert "Intel(R) Xeon(R) Processor (AMX-BF16, 2 threads)" in rows[1][0]
