@@ -137,6 +137,8 @@ def table_scores(results: dict, part: str = "test") -> str:
         else:
             cells += ["-", "-"]
         mark = " (training disturbed, see the notes)" if disturbed(r) else ""
+        if ref is not None and r.get("precision") != ref.get("precision"):
+            mark += f" (trained in {r.get('precision')}, {DEFAULT} in {ref.get('precision')}: not equal conditions)"
         lines.append(f"| {label(e)}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -194,7 +196,7 @@ def plot(results: dict, path: Path) -> Path:
     keys = [("kits19_kidney_dice", "kidney Dice"), ("kits19_tumor_dice", "tumor Dice"),
             ("kits19_composite", "composite Dice")]
     entries = list(results)
-    fig, axes = plt.subplots(1, 3, figsize=(4 + 1.1 * len(entries) * 3 / 2, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(max(11.0, 4 + 1.1 * len(entries) * 3 / 2), 4.6), sharey=True)
     rng = np.random.default_rng(0)
     cmap = plt.get_cmap("tab10")
     for ax, (key, title) in zip(axes, keys):

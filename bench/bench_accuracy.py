@@ -30,7 +30,10 @@ leaderboard's setting (renderer version and ``--downsample``: ``LEADERBOARD_REND
 entries run at it and lists the others apart until they are re-run. Each stage also records the
 training time lost to stalled epochs (``stalled_s``): run nothing else on the machine while an
 entry trains, not even niced inference, since torch's threads on oversubscribed cores stall and a
-time-budgeted entry then trains on a fraction of its budget; the report marks such entries.
+time-budgeted entry then trains on a fraction of its budget; the report marks such entries. The
+report also marks an entry trained in another precision than its board's default: ``auto`` keeps
+fp32 on a CPU with AVX512-BF16 but no AMX since 2026-12-07 (kitseg.precision), after the AMD EPYC
+board's first entries had trained in bf16, so give further entries there ``--precision bf16``.
 
     .venv/bin/python bench/bench_accuracy.py                                  # every entry, 30 min each
     .venv/bin/python bench/bench_accuracy.py --entries kitseg_cascade nnunet_3d_fullres

@@ -166,3 +166,14 @@ def test_entries_are_ranked_and_paired_only_on_their_own_cpu_kinds_board(tmp_pat
     rows = report.headlines(by_kind)
     assert len(rows) == 2 and "AMD EPYC (no AMX, 2 threads)" in rows[0][0]
     assert "Intel(R) Xeon(R) Processor (AMX-BF16, 2 threads)" in rows[1][0]
+
+
+def test_an_entry_trained_in_another_precision_than_its_boards_default_is_marked():
+    import _accuracy_report as report
+
+    d, u = _full_result("kitseg_cascade", EPYC, [0.9] * 7), _full_result("unet2d", EPYC, [0.8] * 7)
+    u["precision"] = "fp32"
+    table = report.table_scores({"kitseg_cascade": d, "unet2d": u})
+    assert "unet2d (trained in fp32, kitseg_cascade in bf16: not equal conditions)" in table
+    u["precision"] = "bf16"
+    assert "not equal conditions" not in report.table_scores({"kitseg_cascade": d, "unet2d": u})

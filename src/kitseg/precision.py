@@ -2,9 +2,12 @@
 
 ``auto`` picks, per device:
 
-- CPU: bf16 autocast where the CPU has native bf16 matrix units (Intel AMX-BF16 or AVX512-BF16,
-  detected, not guessed: ``cpu_bf16_units``), fp32 elsewhere (an AMD EPYC without AVX512-BF16
-  would emulate bf16 and run slower, so it keeps fp32);
+- CPU: bf16 autocast where the CPU has Intel AMX-BF16 (detected, not guessed: ``cpu_bf16_units``),
+  fp32 elsewhere. A CPU with AVX512-BF16 but no AMX (an AMD EPYC) also runs bf16 faster, but there
+  torch 2.13's bf16 3D-convolution weight gradient came out non-finite for small inputs (a 2x4x4
+  bottleneck: 1-2 of 10 random batches; the tests' tiny recipe hit NaN losses in 4 of 4 seeds, 0 of 4
+  in fp32), so ``auto`` keeps fp32 there and ``bf16`` must be asked for; a CPU without either would
+  emulate bf16 and run slower;
 - CUDA: bf16 autocast where the GPU supports it, else fp16 with a gradient scaler.
 
 Only the network's forward pass runs under autocast. Losses, the softmax and its accumulation, the
@@ -97,8 +100,11 @@ def resolve_precision(precision: str | Precision | None, device: str | torch.dev
                 return Precision("bf16", "cuda", "auto: the GPU supports bf16")
             return Precision("fp16", "cuda", "auto: no bf16 on this GPU, fp16 with a gradient scaler")
         units = cpu_bf16_units()
-        if units:
+        if "amx_bf16" in units:
             return Precision("bf16", "cpu", f"auto: the CPU has {' and '.join(units)}")
+        if units:
+            return Precision("fp32", "cpu", "auto: the CPU has AVX512-BF16 but no AMX, where bf16 training gradients "
+                                            "can turn non-finite (docs/TRAINING.md); --precision bf16 forces it")
         return Precision("fp32", "cpu", "auto: the CPU has no native bf16 units (AMX or AVX512-BF16)")
     if name == "fp16" and dtype == "cpu":
         raise KitsegError("--precision fp16 is for CUDA GPUs; on a CPU use bf16 (or auto)")

@@ -218,8 +218,10 @@ class Engine:
             out = as_float(out)  # the loss (and hard-case scores) in fp32
             loss = self.loss_fn(out, y, epoch)
             if not torch.isfinite(loss) and not self.scaler.is_enabled():
+                hint = (" or train in fp32 (--precision fp32: bf16 gradients can turn non-finite on a CPU without "
+                        "AMX)" if self.precision.name == "bf16" and device.type == "cpu" else "")
                 raise KitsegError(f"stage {stage.name!r}: the loss became {float(loss)} in epoch {epoch + 1}; "
-                                  f"lower the learning rate (--set stages.{stage.name}.optimizer.lr=...)")
+                                  f"lower the learning rate (--set stages.{stage.name}.optimizer.lr=...){hint}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
