@@ -10,7 +10,7 @@ scored on the same held-out rendered phantoms, with each paper's headline ablati
    scored too: settings are chosen on them, never on the test cases.
 3. Each entry (a recipe, or ``recipe:variant`` for an ablation) trains in its own process at
    ``--profile cpu`` (``load_recipe(..., profile="cpu")``: the recipe's ``cpu`` section, documented
-   in docs/METHODS.md), ``--precision auto`` (bf16 on CPUs with AMX/AVX512-BF16), under the same
+   in docs/METHODS.md), ``--precision auto`` (bf16 on CPUs with AMX), under the same
    wall-clock budget (``--budget-min``, 30 by default; ``kitseg train --time-limit``, shared equally
    by a recipe's stages, each stopping after the epoch in which its share ran out). Each stage's
    epochs are planned from a measured step so that decaying schedules end about when the budget does.

@@ -24,7 +24,7 @@ from kitseg.errors import KitsegError
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: cuda when torch sees a GPU, else cpu (as kitseg train).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="Autocast precision of the networks: auto = bf16 on a CPU with AMX or AVX512-BF16 and on GPUs "
+              help="Autocast precision of the networks: auto = bf16 on a CPU with AMX and on GPUs "
               "that support it, fp16 on other GPUs, fp32 on other CPUs.")
 @click.option("--tta", is_flag=True, help="Mirroring test-time augmentation (2-8x slower).")
 @click.option("--save-probabilities", is_flag=True,

@@ -37,7 +37,7 @@ from kitseg.errors import KitsegError
               help="Training budget of this call (after preprocessing), shared equally by the stages and folds "
               "still to train: each stops after the epoch in which its share ran out (continue with --resume).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="Autocast precision of the networks: auto = bf16 on a CPU with AMX or AVX512-BF16 and on GPUs "
+              help="Autocast precision of the networks: auto = bf16 on a CPU with AMX and on GPUs "
               "that support it, fp16 on other GPUs, fp32 on other CPUs. Checkpoints are fp32 either way.")
 @click.option("--no-amp", is_flag=True, help="Same as --precision fp32.")
 @click.option("--ensemble", type=click.IntRange(1), metavar="N",

@@ -39,7 +39,7 @@ def predict(image: VolumeLike, model: str | Path | LoadedRun | Sequence[str | Pa
     ``model``: a run folder written by ``kitseg train``, a ``LoadedRun``, or several of either (an
     ensemble of runs of one recipe, e.g. TuNet's four variants). ``folds``: which folds to
     average (default: every trained fold). ``precision``: ``auto | fp32 | bf16 | fp16``
-    (``kitseg.precision``: auto is bf16 on CPUs with AMX/AVX512-BF16 and on bf16 GPUs).
+    (``kitseg.precision``: auto is bf16 on CPUs with AMX and on bf16 GPUs).
     """
     models = [model] if isinstance(model, (str, Path, LoadedRun)) else list(model)
     runs = [m if isinstance(m, LoadedRun) else load_run(m, device, folds) for m in models]
