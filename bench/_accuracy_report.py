@@ -336,9 +336,11 @@ def rescored_notes(results: dict) -> list[str]:
             out.append(f"- `{entry}` was not trained: it is scored with `{r['reused_run']['entry']}`'s trained "
                        "networks (it differs only in post-processing, final step or inference), so the two form a "
                        "paired comparison of the same networks; its training rows are that entry's.")
+    notes: dict[str, list[str]] = {}  # one line per note, naming every entry that carries it
     for entry, r in results.items():
         if r.get("note"):
-            out.append(f"- `{entry}`: {r['note']}")
+            notes.setdefault(r["note"], []).append(f"`{entry}`")
+    out += [f"- {', '.join(entries)}: {note}" for note, entries in notes.items()]
     for entry, r in results.items():
         if disturbed(r):
             out.append(f"- `{entry}`: **training disturbed**: epochs that took more than twice their stage's "

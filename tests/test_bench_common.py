@@ -177,3 +177,14 @@ def test_an_entry_trained_in_another_precision_than_its_boards_default_is_marked
     assert "unet2d (trained in fp32, kitseg_cascade in bf16: not equal conditions)" in table
     u["precision"] = "bf16"
     assert "not equal conditions" not in report.table_scores({"kitseg_cascade": d, "unet2d": u})
+
+
+def test_a_note_shared_by_several_entries_is_written_once():
+    import _accuracy_report as report
+
+    runs = {e: _full_result(e, EPYC, [0.9] * 7) for e in ("kitseg_cascade", "unet2d", "unet3d")}
+    runs["kitseg_cascade"]["note"] = runs["unet2d"]["note"] = "Trained with a tag, moved."
+    runs["unet3d"]["note"] = "Another note."
+    lines = report.rescored_notes(runs)
+    assert "- `kitseg_cascade`, `unet2d`: Trained with a tag, moved." in lines
+    assert "- `unet3d`: Another note." in lines and sum("Trained with a tag" in line for line in lines) == 1
