@@ -77,14 +77,9 @@ def cpu_kind(machine: dict) -> str:
     return slug + ("-amx" if "amx_bf16" in machine.get("cpu_flags", []) else "")
 
 
-def board_dir(kind: str | None = None) -> Path:
-    """The folder of one CPU kind's results (default: this machine's), bench/results/leaderboard/<kind>/."""
-    return BOARD / (kind or cpu_kind(_common.machine()))
-
-
-def result_path(entry: str, tag: str | None, kind: str | None = None) -> Path:
-    """An entry's result JSON on one CPU kind's board (default: this machine's)."""
-    return board_dir(kind) / (tagged(entry, tag) + ".json")
+def result_path(entry: str, tag: str | None) -> Path:
+    """An entry's result JSON on this machine's board, bench/results/leaderboard/<cpu kind>/."""
+    return BOARD / cpu_kind(_common.machine()) / (tagged(entry, tag) + ".json")
 
 
 def tag_args(flag: str, tag: str | None) -> list[str]:

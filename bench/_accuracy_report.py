@@ -223,12 +223,6 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
-def cpu_label(r: dict) -> str:
-    """The CPU a result was trained on, for a heading: model and its bf16 flags."""
-    m = r["machine"]
-    return f"{m['cpu']} ({' '.join(m.get('cpu_flags', [])) or 'no bf16 flags'})"
-
-
 def short_cpu(r: dict) -> str:
     """The CPU a result was trained on, briefly: model, AMX or not, threads."""
     m = r["machine"]
@@ -240,8 +234,9 @@ def boards(root: Path, at: tuple[int, int]) -> dict[str, tuple[dict, dict]]:
     ``root`` (``_accuracy_data.cpu_kind``); the board with the most entries at the setting first."""
     out = {}
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        now = load(folder, at)
-        earlier = {e: r for e, r in load(folder).items() if e not in now}
+        every = load(folder)  # each file read once, then split by setting (``load``'s order kept)
+        now = {e: r for e, r in every.items() if setting(r) == tuple(at)}
+        earlier = {e: r for e, r in every.items() if e not in now}
         if now or earlier:
             out[folder.name] = (now, earlier)
     return dict(sorted(out.items(), key=lambda kv: -len(kv[1][0])))
@@ -292,7 +287,7 @@ def markdown(by_kind: dict[str, tuple[dict, dict]], figures: dict[str, Path | No
 def board_markdown(kind: str, results: dict, figure: Path | None, earlier: dict | None = None) -> list[str]:
     """One CPU kind's board: scores, box plot, ablations, validation, time, notes, reading, earlier entries."""
     r0 = results.get(DEFAULT) or next(iter(results.values()))
-    lines = [f"### Trained on {cpu_label(r0)}", "",
+    lines = [f"### Trained on {short_cpu(r0)}", "",
              f"{len(results)} entries at the leaderboard's setting (bench/results/leaderboard/{kind}/). "
              "Test cases, mean (median); SD = Surface Dice at the KiTS23 tolerances; HD95 over the cases where both "
              "masks are non-empty; FP tumors = predicted tumor components touching no true tumor; the last columns "
