@@ -4,6 +4,7 @@ a folder of cases."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -164,12 +165,23 @@ def plan_epochs(recipe, budget_s: float, n_val: int, precision: str) -> dict:
     return out
 
 
-def predict_and_score(run, cases_dir: Path, out: Path) -> dict:
+def trained_precision(run_dir: Path) -> str:
+    """The precision a run's networks trained in (the last epoch logged by its first stage's log.csv)."""
+    logs = sorted(Path(run_dir).glob("*/fold_0/**/log.csv"))
+    rows = list(csv.DictReader(logs[0].open(encoding="utf-8"))) if logs else []
+    if not rows:
+        raise SystemExit(f"{run_dir}: no epoch logged; train the entry first")
+    return rows[-1]["precision"]
+
+
+def predict_and_score(run, cases_dir: Path, out: Path, precision: str) -> dict:
+    """Predict ``cases_dir`` with ``run`` in ``precision`` (the one its networks trained in: every entry is scored
+    as it was trained, whatever ``--precision auto`` means on the machine) and evaluate the predictions."""
     from kitseg.inference.folder import predict_folder
     from kitseg.metrics import evaluate_folder
 
     t0, c0 = time.perf_counter(), cpu_seconds()
-    folder = predict_folder(cases_dir, out / "predictions", run, device="cpu", progress=False)
+    folder = predict_folder(cases_dir, out / "predictions", run, device="cpu", progress=False, precision=precision)
     t_pred, c_pred = time.perf_counter() - t0, cpu_seconds() - c0
     failed = [c.case_id for c in folder.cases if c.status == "failed"]
     if failed:
@@ -177,6 +189,6 @@ def predict_and_score(run, cases_dir: Path, out: Path) -> dict:
     t0 = time.perf_counter()
     summary = evaluate_folder(out / "predictions", cases_dir, out / "evaluation")
     rows = [{k: v for k, v in r.flat().items() if k in METRICS or k == "case_id"} for r in summary.cases]
-    return {"predict_s": t_pred, "predict_cpu_s": c_pred, "predict_case_s": [c.seconds for c in folder.cases],
-            "evaluate_s": time.perf_counter() - t0, "rows": rows,
+    return {"precision": precision, "predict_s": t_pred, "predict_cpu_s": c_pred,
+            "predict_case_s": [c.seconds for c in folder.cases], "evaluate_s": time.perf_counter() - t0, "rows": rows,
             "mean": {k: summary.mean.get(k) for k in METRICS}, "median": {k: summary.median.get(k) for k in METRICS}}

@@ -159,13 +159,14 @@ def table_time(results: dict) -> str:
                          f"{s['model_s']:.0f} / {s['data_s']:.0f} / {s['val_s']:.0f} | "
                          f"{s['best_epoch']} ({s['best_ema_dice']:.3f}) |")
     lines += ["", "| entry | measured | preprocessing s | training s (CPU s) | prediction s per case (median) | "
-              "peak RSS MB |", "|---|---|---|---|---|---|"]
+              "peak RSS MB: training / whole run |", "|---|---|---|---|---|---|"]
     for e, r in results.items():
         m = r["machine"]
         lines.append(f"| {label(e)} | {r['date']}, {m['cpu']} ({' '.join(m.get('cpu_flags', [])) or 'no bf16'}), "
                      f"load {r.get('start_load', '?')} -> {r.get('load_end', '?')} | {_seconds(r['preprocess_s'])} | "
                      f"{_seconds(r['train_s'])} ({_seconds(r['train_cpu_s'])}) | "
-                     f"{statistics.median(r['test']['predict_case_s']):.1f} | {r['peak_rss_mb']} |")
+                     f"{statistics.median(r['test']['predict_case_s']):.1f} | {r.get('train_peak_rss_mb', '?')} / "
+                     f"{r['peak_rss_mb']} |")
     return "\n".join(lines)
 
 

@@ -14,7 +14,8 @@ scored on the same held-out rendered phantoms, with each paper's headline ablati
    wall-clock budget (``--budget-min``, 30 by default; ``kitseg train --time-limit``, shared equally
    by a recipe's stages, each stopping after the epoch in which its share ran out). Each stage's
    epochs are planned from a measured step so that decaying schedules end about when the budget does.
-4. Predict the test (and validation) cases with the best checkpoints and evaluate them with
+4. Predict the test (and validation) cases with the best checkpoints, in the precision the networks trained in
+   (``_accuracy_data.trained_precision``, whatever ``auto`` means on the machine), and evaluate them with
    ``kitseg.metrics.evaluate_folder``: KiTS19 kidney, tumor and composite Dice, Surface Dice at the
    KiTS23 tolerances, HD95, false-positive tumor components; wall time of each step.
 
@@ -74,6 +75,7 @@ from _accuracy_data import (
     split_folder,
     stalled_seconds,
     tag_args,
+    trained_precision,
 )
 from _common import cpu_seconds, peak_rss_mb
 
@@ -120,6 +122,7 @@ def worker(args) -> dict:
     t0, c0 = time.perf_counter(), cpu_seconds()
     results = train_recipe(recipe, train_dir, run_dir, folds=0, options=options, n_splits=args.n_splits)
     t_train, c_train = time.perf_counter() - t0, cpu_seconds() - c0
+    rss_train = peak_rss_mb()  # ru_maxrss only grows: the peak of preprocessing and training, before any prediction
     stages = [{"stage": r.stage, "epochs_done": r.epochs_done, "epochs_planned": plan[r.stage]["epochs"],
                "finished": r.finished, "time_limited": r.time_limited, "seconds": r.seconds,
                "best_epoch": r.best_epoch, "best_ema_dice": r.best_ema_dice,
@@ -127,7 +130,8 @@ def worker(args) -> dict:
                "model_s": sum(h["model_s"] for h in r.history), "data_s": sum(h["data_s"] for h in r.history),
                "val_s": sum(h["val_s"] for h in r.history),
                "stalled_s": stalled_seconds([h["model_s"] for h in r.history])} for r in results]
-    return score_run(args, recipe, plan, stages, precision, t_prep, t_train, c_train, rss0, t_all)
+    return {**score_run(args, recipe, plan, stages, precision, t_prep, t_train, c_train, rss0, t_all),
+            "train_peak_rss_mb": round(rss_train)}
 
 
 def score_run(args, recipe, plan: dict, stages: list[dict], precision: str, t_prep: float | None, t_train: float,
@@ -143,8 +147,8 @@ def score_run(args, recipe, plan: dict, stages: list[dict], precision: str, t_pr
     run = load_run(run_dir, device="cpu")
     val_ids = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))["folds"][0]["val"]
     val_dir = split_folder((base / "train").resolve(), mdir / "val_cases", sorted(val_ids))
-    test = predict_and_score(run, base / "test", mdir / "test")
-    val = predict_and_score(run, val_dir, mdir / "val")
+    test = predict_and_score(run, base / "test", mdir / "test", precision)
+    val = predict_and_score(run, val_dir, mdir / "val", precision)
     name, _, variant = entry.partition(":")
     return {"entry": entry, "recipe": name, "variant": variant or None, "profile": "cpu", "precision": precision,
             "cpu_profile": recipe_cpu_section(name, variant), "date": _common.now(), "machine": _common.machine(),
@@ -218,8 +222,9 @@ def rescore_worker(args) -> dict:
     for part in ("test", "val"):  # predict_folder keeps outputs that exist (it resumes): start afresh
         if (mdir / part).exists():
             shutil.rmtree(mdir / part)
-    return {"test": predict_and_score(run, Path(args.work) / "test", mdir / "test"),
-            "val": predict_and_score(run, mdir / "val_cases", mdir / "val")}
+    precision = trained_precision(mdir / "run")
+    return {"test": predict_and_score(run, Path(args.work) / "test", mdir / "test", precision),
+            "val": predict_and_score(run, mdir / "val_cases", mdir / "val", precision)}
 
 
 def rescore(args, work: Path, command: str) -> None:
@@ -313,8 +318,9 @@ def reuse_worker(args) -> dict:
     val_dir = split_folder((base / "train").resolve(), mdir / "val_cases",
                            sorted(p.name for p in (src / "val_cases").iterdir()
                                   if p.name.startswith("case_")))
-    return {"test": predict_and_score(run, base / "test", mdir / "test"),
-            "val": predict_and_score(run, val_dir, mdir / "val")}
+    precision = trained_precision(src_dir)
+    return {"test": predict_and_score(run, base / "test", mdir / "test", precision),
+            "val": predict_and_score(run, val_dir, mdir / "val", precision)}
 
 
 def reuse(args, work: Path, command: str) -> None:

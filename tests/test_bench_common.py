@@ -188,3 +188,49 @@ def test_a_note_shared_by_several_entries_is_written_once():
     lines = report.rescored_notes(runs)
     assert "- `kitseg_cascade`, `unet2d`: Trained with a tag, moved." in lines
     assert "- `unet3d`: Another note." in lines and sum("Trained with a tag" in line for line in lines) == 1
+
+
+def test_the_time_table_tells_the_training_peak_of_memory_from_the_whole_runs():
+    """The worker's peak RSS covers preprocessing, training and prediction: the training peak is given apart (results
+    written before it was recorded show "?")."""
+    import _accuracy_report as report
+
+    old, new = _full_result("kitseg_cascade", EPYC, [0.9] * 7), _full_result("unet2d", EPYC, [0.8] * 7)
+    new["train_peak_rss_mb"] = 850
+    table = report.table_time({"kitseg_cascade": old, "unet2d": new})
+    assert "peak RSS MB: training / whole run" in table
+    assert table.split("| kitseg_cascade | ")[-1].splitlines()[0].endswith("| ? / 900 |")
+    assert table.split("| unet2d | ")[-1].splitlines()[0].endswith("| 850 / 900 |")
+
+
+def test_entries_are_predicted_in_the_precision_their_networks_trained_in(tmp_path, monkeypatch):
+    """``--precision auto`` means bf16 on one CPU and fp32 on another: a leaderboard entry is scored in the precision
+    its run's log.csv says it trained in, and the result records it."""
+    import _accuracy_data
+    import kitseg.inference.folder as folder
+    import kitseg.metrics as metrics
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit, match="no epoch logged"):
+        _accuracy_data.trained_precision(run_dir)
+    log = run_dir / "localize" / "fold_0" / "log.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text("epoch,val_dice,precision\n1,0.5,bf16\n2,0.6,bf16\n", encoding="utf-8")
+    assert _accuracy_data.trained_precision(run_dir) == "bf16"
+    log.write_text("epoch,val_dice,precision\n1,0.5,fp32\n", encoding="utf-8")
+    precision = _accuracy_data.trained_precision(run_dir)
+    assert precision == "fp32"
+
+    seen = {}
+
+    class Summary:
+        cases, mean, median = [], {}, {}
+
+    def fake_predict(inputs, out, run, **kw):
+        seen.update(kw)
+        return Summary()
+
+    monkeypatch.setattr(folder, "predict_folder", fake_predict)
+    monkeypatch.setattr(metrics, "evaluate_folder", lambda *a, **k: Summary())
+    part = _accuracy_data.predict_and_score(object(), tmp_path / "cases", tmp_path / "out", precision)
+    assert seen["precision"] == "fp32" and part["precision"] == "fp32"
