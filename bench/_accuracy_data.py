@@ -192,3 +192,33 @@ def predict_and_score(run, cases_dir: Path, out: Path, precision: str) -> dict:
     return {"precision": precision, "predict_s": t_pred, "predict_cpu_s": c_pred,
             "predict_case_s": [c.seconds for c in folder.cases], "evaluate_s": time.perf_counter() - t0, "rows": rows,
             "mean": {k: summary.mean.get(k) for k in METRICS}, "median": {k: summary.median.get(k) for k in METRICS}}
+
+
+INFERENCE_SIDE = ("postprocess", "inference")  # stage fields that do not change what a network learns
+
+
+def training_part(recipe) -> dict:
+    """A recipe without what only prediction reads (``final``, each stage's post-processing and inference)."""
+    data = recipe.model_dump(mode="json")
+    for key in ("final", "citations", "deviations", "variants", "tiny", "cpu", "description", "title", "name",
+                "profile"):
+        data.pop(key, None)
+    for stage in data["stages"]:
+        for key in (*INFERENCE_SIDE, "description"):
+            stage.pop(key, None)
+    return data
+
+
+def with_inference_of(run, recipe, trained_as: str):
+    """``run`` predicting with ``recipe``'s post-processing, final step and inference (the entry's recipe as it is
+    now); refused when ``recipe`` would train the networks differently from how ``run``'s were trained."""
+    import dataclasses
+
+    trained, mine = training_part(run.recipe), training_part(recipe)
+    for a, b in zip(trained["stages"], mine["stages"]):  # the run's epochs were planned for the budget (a cap)
+        b["epochs"], b["iterations_per_epoch"] = a["epochs"], a["iterations_per_epoch"]
+    if trained != mine:
+        raise SystemExit(f"{recipe.name} now trains differently from the networks of {trained_as}: retrain it")
+    return dataclasses.replace(run, recipe=recipe.model_copy(update={"stages": [
+        s.model_copy(update={"epochs": t.epochs, "iterations_per_epoch": t.iterations_per_epoch})
+        for s, t in zip(recipe.stages, run.recipe.stages)]}))

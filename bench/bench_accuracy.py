@@ -76,6 +76,7 @@ from _accuracy_data import (
     stalled_seconds,
     tag_args,
     trained_precision,
+    with_inference_of,
 )
 from _common import cpu_seconds, peak_rss_mb
 
@@ -266,36 +267,6 @@ def score_trained(args, work: Path, command: str, extra: dict) -> None:
         write_result(path, r, e, r["test"], f"; validation composite {val}")
     if not args.no_update and not args.tag:
         update(args.force)
-
-
-INFERENCE_SIDE = ("postprocess", "inference")  # stage fields that do not change what a network learns
-
-
-def training_part(recipe) -> dict:
-    """A recipe without what only prediction reads (``final``, each stage's post-processing and inference)."""
-    data = recipe.model_dump(mode="json")
-    for key in ("final", "citations", "deviations", "variants", "tiny", "cpu", "description", "title", "name",
-                "profile"):
-        data.pop(key, None)
-    for stage in data["stages"]:
-        for key in (*INFERENCE_SIDE, "description"):
-            stage.pop(key, None)
-    return data
-
-
-def with_inference_of(run, recipe, trained_as: str):
-    """``run`` predicting with ``recipe``'s post-processing, final step and inference (the entry's recipe as it is
-    now); refused when ``recipe`` would train the networks differently from how ``run``'s were trained."""
-    import dataclasses
-
-    trained, mine = training_part(run.recipe), training_part(recipe)
-    for a, b in zip(trained["stages"], mine["stages"]):  # the run's epochs were planned for the budget (a cap)
-        b["epochs"], b["iterations_per_epoch"] = a["epochs"], a["iterations_per_epoch"]
-    if trained != mine:
-        raise SystemExit(f"{recipe.name} now trains differently from the networks of {trained_as}: retrain it")
-    return dataclasses.replace(run, recipe=recipe.model_copy(update={"stages": [
-        s.model_copy(update={"epochs": t.epochs, "iterations_per_epoch": t.iterations_per_epoch})
-        for s, t in zip(recipe.stages, run.recipe.stages)]}))
 
 
 def reuse_worker(args) -> dict:
